@@ -1,0 +1,1 @@
+"""Datasets, formats, collation and the built-in tasks shared by every algorithm."""
