@@ -1,0 +1,366 @@
+"""Token log-probs without an fp32 copy of the logits, and from hidden states without the logits.
+
+``sequence_logprobs``: fused log-softmax + gather (+ entropy) over (B, T, V) logits.
+``linear_logprobs``: lm_head matmul + log-prob chunked over tokens, so no (N, V) tensor exists.
+Backends: a row-chunked torch path (runs anywhere) and Triton kernels (online logsumexp, one
+program per row; see the kernel section). Backward recomputes from the saved per-row logsumexp.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._backend import resolve_backend
+
+# Rows per chunk of the torch path: bounds its fp32 temporaries to ~chunk * V * 4 bytes each.
+_TORCH_CHUNK_ELEMS = 1 << 22
+
+
+# --- torch row ops: one chunk of rows (R, V) -----------------------------------------------------
+
+
+def _torch_rows_fwd(
+    x: torch.Tensor, tgt: torch.Tensor, temperature: float, ignore_index: int, want_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Log-prob, logsumexp and entropy of one chunk. x (R, V) any dtype/strides; tgt (R,).
+
+    Returns fp32 (R,) tensors: logp (0 where ignored), lse, entropy (0 where ignored) or None.
+    """
+    z = x.float() / temperature  # (R, V) fp32, one chunk only
+    lse = torch.logsumexp(z, dim=-1)  # (R,)
+    valid = tgt != ignore_index
+    safe = torch.where(valid, tgt, 0).long()
+    logp = z.gather(1, safe[:, None]).squeeze(1) - lse  # (R,)
+    logp = torch.where(valid, logp, 0.0)
+    ent = None
+    if want_entropy:
+        z.sub_(lse[:, None])  # (R, V) now log p
+        plogp = torch.where(z > float("-inf"), z.exp() * z, 0.0)  # (R, V)
+        ent = torch.where(valid, -plogp.sum(-1), 0.0)
+    return logp, lse, ent
+
+
+def _torch_rows_bwd(
+    x: torch.Tensor,
+    tgt: torch.Tensor,
+    lse: torch.Tensor,
+    ent: torch.Tensor | None,
+    g_lp: torch.Tensor,
+    g_ent: torch.Tensor | None,
+    temperature: float,
+    ignore_index: int,
+) -> torch.Tensor:
+    """d(loss)/d(x) for one chunk, in x's dtype. x (R, V); tgt, lse, ent, g_lp, g_ent (R,).
+
+    dlogp/dz = onehot - p;  dH/dz = -p (log p + H);  z = x / temperature.
+    """
+    valid = tgt != ignore_index
+    g_lp = torch.where(valid, g_lp.float(), 0.0)
+    logp = x.float() / temperature - lse[:, None]  # (R, V) fp32
+    p = logp.exp()  # (R, V)
+    grad = p * (-g_lp[:, None])  # (R, V)
+    if g_ent is not None and ent is not None:
+        g_ent = torch.where(valid, g_ent.float(), 0.0)
+        dh = torch.where(p > 0, p * (logp + ent[:, None]), 0.0)  # (R, V)
+        grad.sub_(dh * g_ent[:, None])
+    safe = torch.where(valid, tgt, 0).long()
+    grad.scatter_add_(1, safe[:, None], g_lp[:, None])
+    return (grad / temperature).to(x.dtype)
+
+
+def _row_pieces(x: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Split (B, T, V) into 2-D views (row offset, (R, V)) covering its B*T rows in order."""
+    B, T, V = x.shape
+    try:
+        return [(0, x.view(B * T, V))]  # (B*T, V)
+    except RuntimeError:  # e.g. logits[:, :-1]: rows are not evenly strided
+        return [(b * T, x[b]) for b in range(B)]  # each (T, V)
+
+
+def _chunk_rows(V: int, chunk_rows: int | None) -> int:
+    return chunk_rows if chunk_rows else max(1, _TORCH_CHUNK_ELEMS // max(V, 1))
+
+
+def _torch_seq_fwd(logits, targets, temperature, ignore_index, want_entropy, chunk_rows):
+    """Chunked forward over (B, T, V) logits; targets (B*T,). Returns logp, lse, ent (B*T,) fp32."""
+    N = targets.numel()
+    logp = logits.new_empty(N, dtype=torch.float32)
+    lse = torch.empty_like(logp)
+    ent = torch.empty_like(logp) if want_entropy else None
+    step = _chunk_rows(logits.shape[-1], chunk_rows)
+    for r0, rows in _row_pieces(logits):
+        for i in range(0, rows.shape[0], step):
+            s = slice(r0 + i, r0 + min(i + step, rows.shape[0]))
+            lp, l, h = _torch_rows_fwd(rows[i : i + step], targets[s], temperature, ignore_index,
+                                       want_entropy)
+            logp[s], lse[s] = lp, l
+            if ent is not None:
+                ent[s] = h
+    return logp, lse, ent
+
+
+def _torch_seq_bwd(logits, targets, lse, ent, g_lp, g_ent, temperature, ignore_index, chunk_rows):
+    """Chunked backward: grad (B, T, V) contiguous in logits' dtype; other args (B*T,)."""
+    B, T, V = logits.shape
+    grad = torch.empty((B, T, V), dtype=logits.dtype, device=logits.device)
+    flat = grad.view(B * T, V)  # (B*T, V)
+    step = _chunk_rows(V, chunk_rows)
+    for r0, rows in _row_pieces(logits):
+        for i in range(0, rows.shape[0], step):
+            s = slice(r0 + i, r0 + min(i + step, rows.shape[0]))
+            flat[s] = _torch_rows_bwd(
+                rows[i : i + step], targets[s], lse[s], None if ent is None else ent[s], g_lp[s],
+                None if g_ent is None else g_ent[s], temperature, ignore_index,
+            )
+    return grad
+
+
+# --- linear (lm_head) chunking -----------------------------------------------------------------
+
+
+def _spans(N: int, chunk: int) -> list[slice]:
+    return [slice(i, min(i + chunk, N)) for i in range(0, N, chunk)]
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Logits of one chunk in the input dtype: h (c, H), weight (V, H), bias (V,) -> (c, V)."""
+    return h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())  # (c, V)
+
+
+def _default_chunk(N: int, V: int, H: int) -> int:
+    """Tokens per chunk so that a (chunk, V) buffer is about the size of hidden (N, H).
+
+    Same heuristic as Liger-Kernel's fused linear cross-entropy, floored at 64 rows.
+    """
+    ratio = -(-V // max(H, 1))  # ceil(V / H)
+    target = max(1, -(-N // ratio))
+    return min(N, max(64, 1 << (target - 1).bit_length()))
+
+
+def _rows_fwd(backend, z, tgt, temperature, ignore_index, want_entropy):
+    """Dispatch one (R, V) chunk's forward to the torch or Triton row op."""
+    if backend == "triton":
+        return _triton_seq_fwd(z.unsqueeze(0), tgt, temperature, ignore_index, want_entropy)
+    return _torch_rows_fwd(z, tgt, temperature, ignore_index, want_entropy)
+
+
+def _rows_bwd(backend, z, tgt, lse, ent, g_lp, g_ent, temperature, ignore_index):
+    """Dispatch one (R, V) chunk's backward; returns grad (R, V) in z's dtype."""
+    if backend == "triton":
+        return _triton_seq_bwd(z.unsqueeze(0), tgt, lse, ent, g_lp, g_ent, temperature,
+                               ignore_index, out=z.unsqueeze(0)).squeeze(0)
+    return _torch_rows_bwd(z, tgt, lse, ent, g_lp, g_ent, temperature, ignore_index)
+
+
+# --- autograd ----------------------------------------------------------------------------------
+
+
+class SequenceLogprobsFunction(torch.autograd.Function):
+    """Autograd for ``sequence_logprobs`` on (B, T, V) logits; saves per-row lse (+ entropy)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, ignore_index, return_entropy, backend,
+                chunk_rows):
+        tflat = targets.reshape(-1)  # (B*T,)
+        if backend == "triton":
+            logp, lse, ent = _triton_seq_fwd(logits, tflat, temperature, ignore_index,
+                                             return_entropy)
+        else:
+            logp, lse, ent = _torch_seq_fwd(logits, tflat, temperature, ignore_index,
+                                            return_entropy, chunk_rows)
+        ctx.save_for_backward(logits, tflat, lse, ent)
+        ctx.cfg = (temperature, ignore_index, backend, chunk_rows)
+        B, T = targets.shape
+        if return_entropy:
+            return logp.view(B, T), ent.view(B, T)
+        return logp.view(B, T)
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent=None):
+        logits, tflat, lse, ent = ctx.saved_tensors
+        temperature, ignore_index, backend, chunk_rows = ctx.cfg
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 7
+        g_lp = g_lp.reshape(-1).float().contiguous()  # (B*T,)
+        if g_ent is not None:
+            g_ent = g_ent.reshape(-1).float().contiguous()  # (B*T,)
+        if backend == "triton":
+            grad = _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature,
+                                   ignore_index)
+        else:
+            grad = _torch_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_index,
+                                  chunk_rows)
+        return grad, None, None, None, None, None, None
+
+
+class LinearLogprobsFunction(torch.autograd.Function):
+    """Autograd for ``linear_logprobs``: chunks of tokens, logits recomputed in backward.
+
+    Saves hidden, weight, bias and the per-token lse (+ entropy); peak extra memory is a few
+    (chunk, V) buffers. grad_weight / grad_bias accumulate in fp32 across chunks.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, ignore_index, return_entropy,
+                backend, chunk_size):
+        N = hidden.shape[0]
+        logp = hidden.new_empty(N, dtype=torch.float32)
+        lse = torch.empty_like(logp)
+        ent = torch.empty_like(logp) if return_entropy else None
+        for s in _spans(N, chunk_size):
+            z = _chunk_logits(hidden[s], weight, bias)  # (c, V)
+            lp, l, h = _rows_fwd(backend, z, targets[s], temperature, ignore_index,
+                                 return_entropy)
+            logp[s], lse[s] = lp, l
+            if ent is not None:
+                ent[s] = h
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
+        ctx.cfg = (temperature, ignore_index, backend, chunk_size)
+        return (logp, ent) if return_entropy else logp
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent=None):
+        hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
+        temperature, ignore_index, backend, chunk_size = ctx.cfg
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g_lp = g_lp.float().contiguous()  # (N,)
+        g_ent = None if g_ent is None else g_ent.float().contiguous()  # (N,)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        f32 = {"dtype": torch.float32, "device": weight.device}
+        grad_w = torch.zeros(weight.shape, **f32) if need_w else None  # (V, H)
+        grad_b = torch.zeros(weight.shape[0], **f32) if need_b else None  # (V,)
+        for s in _spans(hidden.shape[0], chunk_size):
+            z = _chunk_logits(hidden[s], weight, bias)  # (c, V)
+            gz = _rows_bwd(backend, z, targets[s], lse[s], None if ent is None else ent[s],
+                           g_lp[s], None if g_ent is None else g_ent[s], temperature,
+                           ignore_index)  # (c, V) in z's dtype
+            if grad_h is not None:
+                grad_h[s] = gz @ weight  # (c, H)
+            if grad_w is not None:
+                grad_w += gz.t() @ hidden[s]  # (V, H)
+            if grad_b is not None:
+                grad_b += gz.float().sum(0)  # (V,)
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None
+
+
+# --- functional API ----------------------------------------------------------------------------
+
+
+def _check_common(targets: torch.Tensor, temperature: float) -> None:
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def sequence_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+    backend: str = "auto",
+    chunk_rows: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each target token under ``softmax(logits / temperature)``.
+
+    Args:
+        logits: (B, T, V) or (N, V), fp32/bf16/fp16, any strides (e.g. ``logits[:, :-1]``).
+        targets: (B, T) or (N,) integer token ids; ``ignore_index`` marks positions to skip.
+        temperature: divides the logits before the softmax (> 0).
+        ignore_index: target id whose log-prob, entropy and gradient are 0.
+        return_entropy: also return the tempered entropy ``-sum_v p log p`` per position.
+        backend: "auto" | "triton" | "torch" (see ``kernels._backend.resolve_backend``).
+        chunk_rows: rows per chunk of the torch backend (default: ~4M logits per chunk).
+
+    Returns:
+        logp (B, T) fp32 [, entropy (B, T) fp32]; shaped like ``targets``.
+    """
+    _check_common(targets, temperature)
+    if logits.dim() not in (2, 3) or targets.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"expected logits (B, T, V) or (N, V) and targets of its leading shape, got "
+            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}"
+        )
+    squeeze = logits.dim() == 2
+    if squeeze:
+        logits, targets = logits.unsqueeze(0), targets.unsqueeze(0)  # (1, N, V), (1, N)
+    impl = resolve_backend(backend, logits)
+    out = SequenceLogprobsFunction.apply(
+        logits, targets, float(temperature), int(ignore_index), bool(return_entropy), impl,
+        chunk_rows,
+    )
+    if squeeze:
+        return tuple(o.squeeze(0) for o in out) if return_entropy else out.squeeze(0)
+    return out
+
+
+def linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of ``targets`` under ``softmax((hidden @ weight.T + bias) / temperature)``.
+
+    The (N, V) logits are never materialised: tokens are processed ``chunk_size`` at a time and
+    backward recomputes each chunk's logits.
+
+    Args:
+        hidden: (B, T, H) or (N, H) final hidden states (fp32/bf16/fp16).
+        weight: (V, H) lm_head weight, same dtype as ``hidden``.
+        targets: (B, T) or (N,) integer token ids; ``ignore_index`` marks positions to skip.
+        bias: optional (V,) lm_head bias.
+        temperature, ignore_index, return_entropy, backend: as in ``sequence_logprobs``.
+        chunk_size: tokens per chunk (default: a power of two making (chunk, V) ~ (N, H)).
+
+    Returns:
+        logp (B, T) fp32 [, entropy (B, T) fp32]; shaped like ``targets``.
+    """
+    _check_common(targets, temperature)
+    H = hidden.shape[-1]
+    if weight.dim() != 2 or weight.shape[1] != H or targets.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"expected hidden (B, T, H), weight (V, H), targets (B, T); got hidden "
+            f"{tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets {tuple(targets.shape)}"
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must be (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden and weight dtypes differ: {hidden.dtype} vs {weight.dtype}")
+    h2 = hidden.reshape(-1, H)  # (N, H)
+    t1 = targets.reshape(-1)  # (N,)
+    chunk = chunk_size or _default_chunk(h2.shape[0], weight.shape[0], H)
+    impl = resolve_backend(backend, hidden, weight)
+    out = LinearLogprobsFunction.apply(
+        h2, weight, bias, t1, float(temperature), int(ignore_index), bool(return_entropy), impl,
+        max(1, chunk),
+    )
+    if return_entropy:
+        return out[0].view(targets.shape), out[1].view(targets.shape)
+    return out.view(targets.shape)
+
+
+# --- Triton (filled in below; the torch row ops stand in until then) ----------------------------
+
+
+def _triton_seq_fwd(logits, tflat, temperature, ignore_index, want_entropy):
+    B, T, V = logits.shape
+    return _torch_seq_fwd(logits, tflat, temperature, ignore_index, want_entropy, None)
+
+
+def _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_index, out=None):
+    grad = _torch_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_index, None)
+    if out is not None:
+        out.copy_(grad)
+        return out
+    return grad
