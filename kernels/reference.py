@@ -61,3 +61,102 @@ def linear_logprobs_ref(
 
 
 # --- ratio losses (ppo_clip_loss, A-LoL weights, P3O) and macro-action GAE ------------------
+
+
+def _row_segments(segment_ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Positions of each macro action in one row: runs of equal ids over the valid tokens."""
+    segments: list[list[int]] = []
+    last = None
+    for t in range(segment_ids.shape[0]):
+        if not bool(mask[t]):
+            continue
+        sid = int(segment_ids[t])
+        if not segments or sid != last:
+            segments.append([])
+        segments[-1].append(t)
+        last = sid
+    return segments
+
+
+def _macro_value(v: torch.Tensor, value_agg: str) -> torch.Tensor:
+    """Aggregate the (n,) fp32 token values of one macro action."""
+    if value_agg == "first":
+        return v[0]
+    if value_agg == "position":
+        w = 1.0 / torch.arange(1, v.shape[0] + 1, dtype=torch.float32)  # sigma_i ∝ 1/(i+1)
+        return (v * w).sum() / w.sum()
+    return v.mean()
+
+
+def macro_gae_ref(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    segment_ids: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    value_agg: str = "mean",
+    reward_agg: str = "sum",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Macro-action GAE by Python loops over rows and macros: (B, T) in, (B, T) fp32 out."""
+    r, v = rewards.float().cpu(), values.float().cpu()
+    adv, ret = torch.zeros_like(r), torch.zeros_like(r)
+    for b in range(r.shape[0]):
+        segs = _row_segments(segment_ids[b].cpu(), mask[b].cpu())
+        macro_r = [r[b, s].sum() / (len(s) if reward_agg == "mean" else 1) for s in segs]
+        macro_v = [_macro_value(v[b, s], value_agg) for s in segs]
+        a_next, v_next = torch.tensor(0.0), torch.tensor(0.0)
+        for k in reversed(range(len(segs))):
+            a_next = macro_r[k] + gamma * v_next - macro_v[k] + gamma * lam * a_next
+            v_next = macro_v[k]
+            adv[b, segs[k]] = a_next
+            ret[b, segs[k]] = a_next + macro_v[k]
+    return adv.to(rewards.device), ret.to(rewards.device)
+
+
+def ppo_clip_loss_ref(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    ratio_level: str = "token",
+    segment_ids: torch.Tensor | None = None,
+    reduction: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate in fp32, macro ratios by a loop over rows. (B, T) in, scalar out."""
+    m = mask.bool()
+    log_ratio = torch.where(m, logprobs.float() - old_logprobs.float(), 0.0)  # (B, T)
+    if ratio_level == "segment":
+        rows = []
+        for b in range(m.shape[0]):
+            row = torch.zeros_like(log_ratio[b])
+            for s in _row_segments(segment_ids[b], m[b]):
+                row = row.index_add(0, torch.tensor(s), log_ratio[b, s].sum().expand(len(s)))
+            rows.append(row)
+        log_ratio = torch.stack(rows)  # (B, T)
+    ratio = log_ratio.exp()
+    adv = torch.where(m, advantages.float(), 0.0)
+    clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.max(-adv * ratio, clipped) * m  # (B, T)
+    n_row = m.sum(dim=1)  # (B,)
+    if reduction == "sum":
+        loss = per_token.sum()
+    elif reduction == "token_mean":
+        loss = per_token.sum() / max(int(n_row.sum()), 1)
+    else:
+        has = n_row > 0
+        row_means = per_token.sum(dim=1)[has] / n_row[has]
+        loss = row_means.mean() if bool(has.any()) else per_token.sum() * 0.0
+    lr, rt, n = log_ratio.detach()[m], ratio.detach()[m], max(int(m.sum()), 1)
+    stats = {
+        "clip_frac": (clipped.detach() > (-adv * ratio).detach())[m].float().sum() / n,
+        "approx_kl": (rt - 1.0 - lr).sum() / n,
+        "ratio_mean": rt.sum() / n,
+        "ratio_min": rt.min() if rt.numel() else torch.tensor(0.0),
+        "ratio_max": rt.max() if rt.numel() else torch.tensor(0.0),
+    }
+    return loss, stats

@@ -1,0 +1,154 @@
+"""Macro-action GAE (MA-RLHF, Chai et al. ICLR 2025): token rewards/values -> per-token advantages.
+
+Each row's valid tokens are grouped into macro actions (contiguous runs of equal ``segment_ids``);
+per macro k: V_k = aggregate of its token values, R_k = sum (or mean) of its token rewards, then
+GAE over macro steps (V after the last macro is 0) and A_k, Ret_k broadcast back to its tokens.
+With one token per macro this is the textbook token-level GAE. Outputs are fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._backend import resolve_backend
+
+VALUE_AGGS = ("mean", "position", "first")
+REWARD_AGGS = ("sum", "mean")
+
+
+def segment_index(
+    segment_ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based macro index of every valid token, counted along the row.
+
+    Args:
+        segment_ids: (B, T) int; contiguous runs of equal ids over the valid tokens are macros.
+        mask: (B, T) bool/int/float; nonzero = valid token. Padding may be anywhere.
+    Returns:
+        k: (B, T) int64 macro index (0 at masked positions) and start: (B, T) bool, True at the
+        first valid token of each macro.
+    """
+    valid = mask.bool()
+    B, T = valid.shape
+    pos = torch.arange(T, device=valid.device).expand(B, T)  # (B, T)
+    last_valid = torch.where(valid, pos, -1).cummax(dim=1).values  # (B, T) last valid index <= t
+    prev_valid = torch.cat([last_valid.new_full((B, 1), -1), last_valid[:, :-1]], dim=1)  # (B, T)
+    ids = segment_ids.long()
+    prev_id = ids.gather(1, prev_valid.clamp(min=0))  # (B, T) id of the previous valid token
+    start = valid & ((prev_valid < 0) | (ids != prev_id))
+    k = torch.where(valid, start.long().cumsum(dim=1) - 1, 0)
+    return k, start
+
+
+def _macro_aggregates(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    valid: torch.Tensor,
+    k: torch.Tensor,
+    start: torch.Tensor,
+    n_macro: int,
+    value_agg: str,
+    reward_agg: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-macro R_k and V_k, both (B, K) fp32, zero for k beyond a row's last macro."""
+    B = rewards.shape[0]
+    zeros = rewards.new_zeros(B, n_macro)  # (B, K)
+    ones = valid.float()
+    count = zeros.scatter_add(1, k, ones)  # (B, K) tokens per macro
+    safe = count.clamp(min=1.0)
+    r_sum = zeros.scatter_add(1, k, torch.where(valid, rewards, 0.0))
+    macro_r = r_sum / safe if reward_agg == "mean" else r_sum
+    v = torch.where(valid, values, 0.0)
+    if value_agg == "mean":
+        macro_v = zeros.scatter_add(1, k, v) / safe
+    elif value_agg == "first":
+        macro_v = zeros.scatter_add(1, k, torch.where(start, v, 0.0))
+    else:  # "position": sigma_i ∝ 1 / (i + 1), i = index of the token inside its macro
+        before = count.cumsum(dim=1) - count  # (B, K) valid tokens before macro k
+        i = ones.cumsum(dim=1) - 1.0 - before.gather(1, k)  # (B, T)
+        w = torch.where(valid, 1.0 / (i + 1.0), 0.0)
+        macro_v = zeros.scatter_add(1, k, v * w) / zeros.scatter_add(1, k, w).clamp(min=1e-30)
+    return macro_r, macro_v
+
+
+def _reverse_gae(
+    macro_r: torch.Tensor, macro_v: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
+    """A_k = delta_k + gamma*lam*A_{k+1}, delta_k = R_k + gamma*V_{k+1} - V_k over (B, K)."""
+    r_t, v_t = macro_r.t().contiguous(), macro_v.t().contiguous()  # (K, B)
+    adv = torch.empty_like(r_t)  # (K, B)
+    last = torch.zeros_like(r_t[0])  # (B,)
+    next_v = torch.zeros_like(r_t[0])
+    for step in range(r_t.shape[0] - 1, -1, -1):
+        delta = r_t[step] + gamma * next_v - v_t[step]
+        last = delta + gamma * lam * last
+        adv[step] = last
+        next_v = v_t[step]
+    return adv.t()  # (B, K)
+
+
+def _macro_gae_torch(rewards, values, mask, segment_ids, gamma, lam, value_agg, reward_agg):
+    valid = mask.bool()
+    rewards, values = rewards.float(), values.float()
+    k, start = segment_index(segment_ids, valid)
+    n_macro = int(start.sum(dim=1).max().item()) if valid.numel() else 0
+    if n_macro == 0:
+        return torch.zeros_like(rewards), torch.zeros_like(rewards)
+    macro_r, macro_v = _macro_aggregates(
+        rewards, values, valid, k, start, n_macro, value_agg, reward_agg
+    )
+    macro_a = _reverse_gae(macro_r, macro_v, gamma, lam)  # (B, K)
+    adv = torch.where(valid, macro_a.gather(1, k), 0.0)  # (B, T)
+    ret = torch.where(valid, (macro_a + macro_v).gather(1, k), 0.0)  # (B, T)
+    return adv, ret
+
+
+def _check(rewards, values, mask, segment_ids, value_agg, reward_agg) -> None:
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (B, T), got shape {tuple(rewards.shape)}")
+    for name, t in (("values", values), ("mask", mask), ("segment_ids", segment_ids)):
+        if t.shape != rewards.shape:
+            raise ValueError(f"{name} must have the shape of rewards {tuple(rewards.shape)}, "
+                             f"got {tuple(t.shape)}")
+    if value_agg not in VALUE_AGGS:
+        raise ValueError(f"value_agg must be one of {VALUE_AGGS}, got {value_agg!r}")
+    if reward_agg not in REWARD_AGGS:
+        raise ValueError(f"reward_agg must be one of {REWARD_AGGS}, got {reward_agg!r}")
+
+
+@torch.no_grad()
+def macro_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    segment_ids: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    value_agg: str = "mean",
+    reward_agg: str = "sum",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over macro actions, broadcast back to tokens (ALGORITHMS.md sections 4 and 5).
+
+    Args:
+        rewards: (B, T) per-token rewards (any float dtype; summed in fp32).
+        values: (B, T) per-token value estimates.
+        mask: (B, T) nonzero at valid response tokens; left or right padding, variable lengths.
+        segment_ids: (B, T) int; the macro action of each valid token (contiguous runs).
+        gamma, lam: discount and GAE lambda over macro steps.
+        value_agg: V_k = "mean" of token values | "position" (weights ∝ 1/(i+1)) | "first".
+        reward_agg: R_k = "sum" (paper) | "mean" (released code) of token rewards.
+        backend: "auto" | "triton" | "torch".
+    Returns:
+        advantages (B, T) and returns (B, T), fp32, 0 where mask == 0, no grad.
+    """
+    _check(rewards, values, mask, segment_ids, value_agg, reward_agg)
+    args = (rewards, values, mask, segment_ids, float(gamma), float(lam), value_agg, reward_agg)
+    if resolve_backend(backend, rewards, values, mask, segment_ids) == "triton":
+        return _macro_gae_triton(*args)
+    return _macro_gae_torch(*args)
+
+
+def _macro_gae_triton(rewards, values, mask, segment_ids, gamma, lam, value_agg, reward_agg):
+    raise NotImplementedError("the Triton macro_gae kernel is not written yet")
