@@ -350,17 +350,141 @@ def linear_logprobs(
     return out.view(targets.shape)
 
 
-# --- Triton (filled in below; the torch row ops stand in until then) ----------------------------
+# --- Triton kernels ----------------------------------------------------------------------------
+#
+# Forward: one program per (b, t) row walks the vocabulary in BLOCK_V tiles keeping an online
+# max m, sum s = sum exp(z - m) and, for the entropy, a = sum exp(z - m) (z - m), all fp32
+# (rescaled by exp(m_old - m_new) when the max grows), so logits are read once:
+# lse = m + log s, H = log s - a / s. The target logit is one extra scalar load.
+# Backward reads the row again and writes g * (onehot - p) - g_H p (log p + H), over temperature,
+# straight in the logits' dtype. Offsets are int64; logits may have any strides.
+# Limits: a target outside [0, V) that is not ignore_index gives NaN (no device assert); a row
+# that is -inf everywhere gives NaN, as log_softmax does.
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - torch backend only
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _logprob_fwd_kernel(
+        logits_ptr, targets_ptr, logp_ptr, lse_ptr, ent_ptr,
+        T, V,
+        stride_lb, stride_lt, stride_lv,
+        temperature, ignore_index,
+        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        base = logits_ptr + (row // T) * stride_lb + (row % T) * stride_lt
+        m = tl.full([], float("-inf"), tl.float32)
+        s = tl.zeros([], tl.float32)
+        a = tl.zeros([], tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+            x = tl.load(base + cols * stride_lv, mask=cols < V, other=float("-inf"))
+            z = x.to(tl.float32) / temperature
+            m_new = tl.maximum(m, tl.max(z, 0))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # avoid -inf - -inf
+            alpha = tl.exp(m - m_ref)
+            e = tl.exp(z - m_ref)
+            if WITH_ENTROPY:
+                shift = s * tl.where(s > 0, m - m_ref, 0.0)
+                a = alpha * (a + shift) + tl.sum(e * tl.where(e > 0, z - m_ref, 0.0), 0)
+            s = s * alpha + tl.sum(e, 0)
+            m = m_new
+        lse = m + tl.log(s)
+        target = tl.load(targets_ptr + row).to(tl.int64)
+        valid = target != ignore_index
+        in_range = (target >= 0) & (target < V)
+        xt = tl.load(base + target * stride_lv, mask=valid & in_range, other=float("nan"))
+        logp = xt.to(tl.float32) / temperature - lse
+        tl.store(logp_ptr + row, tl.where(valid, logp, 0.0))
+        tl.store(lse_ptr + row, lse)
+        if WITH_ENTROPY:
+            tl.store(ent_ptr + row, tl.where(valid, tl.log(s) - a / s, 0.0))
+
+    @triton.jit
+    def _logprob_bwd_kernel(
+        logits_ptr, targets_ptr, lse_ptr, ent_ptr, grad_lp_ptr, grad_ent_ptr, grad_ptr,
+        T, V,
+        stride_lb, stride_lt, stride_lv,
+        stride_gb, stride_gt, stride_gv,
+        temperature, ignore_index,
+        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        base = logits_ptr + (row // T) * stride_lb + (row % T) * stride_lt
+        gbase = grad_ptr + (row // T) * stride_gb + (row % T) * stride_gt
+        target = tl.load(targets_ptr + row).to(tl.int64)
+        valid = target != ignore_index
+        g_lp = tl.where(valid, tl.load(grad_lp_ptr + row), 0.0)
+        lse = tl.load(lse_ptr + row)
+        if WITH_ENTROPY:
+            g_ent = tl.where(valid, tl.load(grad_ent_ptr + row), 0.0)
+            ent = tl.load(ent_ptr + row)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+            mask = cols < V
+            x = tl.load(base + cols * stride_lv, mask=mask, other=0.0)
+            logp = x.to(tl.float32) / temperature - lse
+            p = tl.exp(logp)
+            grad = tl.where(cols == target, g_lp, 0.0) - g_lp * p
+            if WITH_ENTROPY:
+                grad -= g_ent * p * tl.where(p > 0, logp + ent, 0.0)
+            grad = grad / temperature
+            tl.store(gbase + cols * stride_gv, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_cfg(V: int) -> tuple[int, int]:
+    """(BLOCK_V, num_warps) for a vocabulary of V: tiles up to 4096 wide."""
+    block = min(triton.next_power_of_2(max(V, 1)), 4096)
+    return block, (8 if block >= 2048 else 4)
 
 
 def _triton_seq_fwd(logits, tflat, temperature, ignore_index, want_entropy):
+    """Launch the forward kernel on (B, T, V) logits (any strides); tflat (B*T,).
+
+    Returns logp, lse, entropy-or-None, each (B*T,) fp32.
+    """
     B, T, V = logits.shape
-    return _torch_seq_fwd(logits, tflat, temperature, ignore_index, want_entropy, None)
+    N = B * T
+    tflat = tflat.contiguous()
+    logp = torch.empty(N, dtype=torch.float32, device=logits.device)
+    lse = torch.empty_like(logp)
+    ent = torch.empty_like(logp) if want_entropy else None
+    if N == 0:
+        return logp, lse, ent
+    block, warps = _launch_cfg(V)
+    _logprob_fwd_kernel[(N,)](
+        logits, tflat, logp, lse, ent if want_entropy else lse,
+        T, V,
+        *logits.stride(),
+        temperature, ignore_index,
+        BLOCK_V=block, WITH_ENTROPY=want_entropy, num_warps=warps,
+    )
+    return logp, lse, ent
 
 
 def _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_index, out=None):
-    grad = _torch_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_index, None)
-    if out is not None:
-        out.copy_(grad)
-        return out
+    """Launch the backward kernel; writes grad (B, T, V) in logits' dtype into ``out`` or a new
+    contiguous tensor (``out`` may alias ``logits``: each element is read before it is written).
+    lse, ent, g_lp, g_ent, tflat: (B*T,) contiguous.
+    """
+    B, T, V = logits.shape
+    grad = torch.empty((B, T, V), dtype=logits.dtype, device=logits.device) if out is None else out
+    if B * T == 0:
+        return grad
+    with_ent = g_ent is not None and ent is not None
+    block, warps = _launch_cfg(V)
+    _logprob_bwd_kernel[(B * T,)](
+        logits, tflat.contiguous(), lse, ent if with_ent else lse, g_lp,
+        g_ent if with_ent else g_lp, grad,
+        T, V,
+        *logits.stride(), *grad.stride(),
+        temperature, ignore_index,
+        BLOCK_V=block, WITH_ENTROPY=with_ent, num_warps=warps,
+    )
     return grad
