@@ -150,5 +150,108 @@ def macro_gae(
     return _macro_gae_torch(*args)
 
 
+# --- Triton: one program per row -------------------------------------------------------------
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the torch backend works without triton
+    triton = None
+
+_VALUE_AGG_CODE = {"mean": 0, "position": 1, "first": 2}
+
+if triton is not None:
+
+    @triton.jit
+    def _max_combine(a, b):
+        return tl.maximum(a, b)
+
+    @triton.jit
+    def _min_combine(a, b):
+        return tl.minimum(a, b)
+
+    @triton.jit
+    def _seg_count_combine(f1, c1, f2, c2):
+        # forward segmented sum; (f1, c1) is the earlier range, f = "a macro starts in the range"
+        return f1 | f2, tl.where(f2 != 0, c2, c1 + c2)
+
+    @triton.jit
+    def _seg_sum_combine(f1, r1, n1, d1, f2, r2, n2, d2):
+        keep = f2 != 0
+        return (f1 | f2, tl.where(keep, r2, r1 + r2), tl.where(keep, n2, n1 + n2),
+                tl.where(keep, d2, d1 + d2))
+
+    @triton.jit
+    def _affine_rev_combine(a1, b1, a2, b2):
+        # reverse scan of x_t = a_t * x_{t+1} + b_t: (a1, b1) is the later range, (a2, b2) the earlier
+        return a1 * a2, a2 * b1 + b2
+
+    @triton.jit
+    def _macro_gae_fwd_kernel(
+        r_ptr, v_ptr, m_ptr, s_ptr, adv_ptr, ret_ptr,
+        T, stride_r, stride_v, stride_m, stride_s, stride_o,
+        gamma, gamma_lam,
+        BLOCK_T: tl.constexpr, VALUE_AGG: tl.constexpr, REWARD_MEAN: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        t = tl.arange(0, BLOCK_T)
+        inb = t < T
+        valid = tl.load(m_ptr + row * stride_m + t, mask=inb, other=0) != 0
+        r = tl.load(r_ptr + row * stride_r + t, mask=inb, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + row * stride_v + t, mask=inb, other=0.0).to(tl.float32)
+        sid = tl.load(s_ptr + row * stride_s + t, mask=inb, other=0)
+        r = tl.where(valid, r, 0.0)
+        v = tl.where(valid, v, 0.0)
+        # macro starts: a valid token whose previous valid token has another id (or none)
+        last_valid = tl.associative_scan(tl.where(valid, t, -1), 0, _max_combine)
+        prev_valid = tl.where(t > 0, tl.gather(last_valid, tl.maximum(t - 1, 0), 0), -1)
+        prev_id = tl.gather(sid, tl.maximum(prev_valid, 0), 0)
+        start = (valid & ((prev_valid < 0) | (sid != prev_id))).to(tl.int32)
+        # macro ends: a valid token whose next valid token starts a macro (or there is none)
+        first_valid = tl.associative_scan(tl.where(valid, t, BLOCK_T), 0, _min_combine,
+                                          reverse=True)  # nearest valid index >= t
+        nxt = tl.where(t + 1 < BLOCK_T, tl.gather(first_valid, tl.minimum(t + 1, BLOCK_T - 1), 0),
+                       BLOCK_T)  # next valid index > t
+        nxt_c = tl.minimum(nxt, BLOCK_T - 1)
+        end = valid & ((nxt >= BLOCK_T) | (tl.gather(start, nxt_c, 0) != 0))
+        # segmented sums over each macro, complete at its end token
+        _, cnt = tl.associative_scan((start, valid.to(tl.float32)), 0, _seg_count_combine)
+        if VALUE_AGG == 0:
+            w = valid.to(tl.float32)
+        elif VALUE_AGG == 1:
+            w = tl.where(valid, 1.0 / tl.maximum(cnt, 1.0), 0.0)  # sigma_i ∝ 1/(i+1)
+        else:
+            w = start.to(tl.float32)
+        _, r_sum, num, den = tl.associative_scan((start, r, v * w, w), 0, _seg_sum_combine)
+        if REWARD_MEAN:
+            r_sum = r_sum / tl.maximum(cnt, 1.0)
+        v_end = tl.where(end, num / tl.where(end, den, 1.0), 0.0)  # V_k at macro k's end token
+        end_of = tl.associative_scan(tl.where(end, t, BLOCK_T), 0, _min_combine, reverse=True)
+        v_own = tl.gather(v_end, tl.minimum(end_of, BLOCK_T - 1), 0)  # V_k at every token of k
+        v_next = tl.where(nxt < BLOCK_T, tl.gather(v_own, nxt_c, 0), 0.0)  # V_{k+1} (0 at the end)
+        delta = r_sum + gamma * v_next - v_end
+        a = tl.where(end, gamma_lam, 1.0)
+        b = tl.where(end, delta, 0.0)
+        _, adv = tl.associative_scan((a, b), 0, _affine_rev_combine, reverse=True)
+        tl.store(adv_ptr + row * stride_o + t, tl.where(valid, adv, 0.0), mask=inb)
+        tl.store(ret_ptr + row * stride_o + t, tl.where(valid, adv + v_own, 0.0), mask=inb)
+
+
 def _macro_gae_triton(rewards, values, mask, segment_ids, gamma, lam, value_agg, reward_agg):
-    raise NotImplementedError("the Triton macro_gae kernel is not written yet")
+    B, T = rewards.shape
+    adv = torch.zeros((B, T), dtype=torch.float32, device=rewards.device)
+    ret = torch.zeros_like(adv)
+    if B == 0 or T == 0:
+        return adv, ret
+    rewards, values, segment_ids = (x.contiguous() for x in (rewards, values, segment_ids))
+    mask = mask.contiguous()
+    mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+    block = triton.next_power_of_2(T)
+    _macro_gae_fwd_kernel[(B,)](
+        rewards, values, mask, segment_ids, adv, ret,
+        T, rewards.stride(0), values.stride(0), mask.stride(0), segment_ids.stride(0), T,
+        gamma, gamma * lam,
+        BLOCK_T=block, VALUE_AGG=_VALUE_AGG_CODE[value_agg],
+        REWARD_MEAN=reward_agg == "mean", num_warps=4 if block <= 1024 else 8,
+    )
+    return adv, ret
