@@ -1,0 +1,303 @@
+"""Tests of lightning_rlhf.data.formats: HH parsing, file resolution, column mapping, row
+validation (every bad-input error names its row/column/file) and chat templates."""
+
+import json
+import math
+
+import datasets
+import pytest
+
+from lightning_rlhf.data.formats import (
+    DataError,
+    load_source,
+    map_columns,
+    parse_hh,
+    render_chat_prompts,
+    resolve_files,
+    validate,
+)
+from lightning_rlhf.data.tasks import get_tokenizer
+
+
+def prepare(rows: list[dict], format: str, columns: dict | None = None, **kw) -> list[dict]:
+    """Map and validate ``rows``; returns the clean rows."""
+    ds, fields = map_columns(
+        datasets.Dataset.from_list(rows), format, columns, hh_format=kw.get("hh_format", False),
+        source="data.jsonl",
+    )
+    clean, _ = validate(ds, format, fields, source="data.jsonl", **kw)
+    return clean.to_list()
+
+
+def assert_one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
+    """The error is a one-line DataError mentioning every one of ``parts``."""
+    msg = str(err.value)
+    assert isinstance(err.value, DataError) and isinstance(err.value, ValueError)
+    assert "\n" not in msg, msg
+    for part in parts:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+# ----------------------------------------------------------------------------- HH transcripts
+
+
+def test_parse_hh_single_turn():
+    prompt, response = parse_hh("\n\nHuman: What is 2+2?\n\nAssistant: It is 4.")
+    assert prompt == "\n\nHuman: What is 2+2?\n\nAssistant:"
+    assert response == "It is 4."
+
+
+def test_parse_hh_multi_turn_cuts_at_last_assistant():
+    t = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: add 1+1\n\nAssistant:  2"
+    prompt, response = parse_hh(t)
+    assert prompt == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: add 1+1\n\nAssistant:"
+    assert response == "2"  # leading spaces stripped
+    assert prompt + "  " + response == t
+
+
+def test_parse_hh_without_assistant_turn_raises():
+    with pytest.raises(ValueError, match="Assistant"):
+        parse_hh("\n\nHuman: only a question")
+
+
+def test_hh_rows_split_into_prompt_and_responses():
+    p = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c?\n\nAssistant:"
+    rows = [{"chosen": p + " yes", "rejected": p + " no"}]
+    (row,) = prepare(rows, "pair", hh_format=True)
+    assert row == {"prompt": p, "chosen": "yes", "rejected": "no"}
+    (row,) = prepare([{"response": p + " ok", "reward": 1}], "response", hh_format=True)
+    assert row == {"prompt": p, "response": "ok", "reward": 1.0}
+
+
+def test_hh_pair_with_different_prompts_names_the_row():
+    rows = [
+        {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: a\n\nAssistant: y"},
+        {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"},
+    ]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "pair", hh_format=True)
+    assert_one_line(err, "data.jsonl", "row 1", "same prompt")
+
+
+def test_hh_transcript_without_assistant_names_row_and_column():
+    rows = [{"text": "\n\nHuman: a\n\nAssistant: x"}, {"text": "no turns here"}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "response", {"response": "text"}, hh_format=True)
+    assert_one_line(err, "row 1", "'text'", "Assistant")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_resolve_files_glob_dir_comma_and_hub_names(tmp_path):
+    for name in ("a.jsonl", "b.jsonl", "notes.txt"):
+        (tmp_path / name).write_text('{"prompt": "1+1="}\n')
+    assert resolve_files(str(tmp_path)) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert resolve_files(str(tmp_path / "*.jsonl")) == resolve_files(str(tmp_path))
+    spec = f"{tmp_path / 'b.jsonl'}, {tmp_path / 'a.jsonl'}"
+    assert resolve_files(spec) == [str(tmp_path / "b.jsonl"), str(tmp_path / "a.jsonl")]
+    assert resolve_files("Anthropic/hh-rlhf") is None  # not local: a hub name
+
+
+@pytest.mark.parametrize("spec", ["missing.jsonl", "nowhere/*.parquet", "./no_such_dir/"])
+def test_missing_files_name_the_path(tmp_path, spec):
+    path = str(tmp_path / spec)
+    with pytest.raises(DataError) as err:
+        load_source(path)
+    assert_one_line(err, str(tmp_path))
+
+
+def test_directory_without_data_files(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(DataError) as err:
+        load_source(str(tmp_path))
+    assert_one_line(err, str(tmp_path), "no")
+
+
+def test_unreadable_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{this is not json")
+    with pytest.raises(DataError) as err:
+        load_source(str(bad))
+    assert_one_line(err, "bad.json", "could not read")
+
+
+# ----------------------------------------------------------------------------- column mapping
+
+
+def test_column_mapping_renames_and_keeps_only_fields():
+    rows = [{"question": "1+1=", "answer": "2", "score": 0.5, "extra": 7}]
+    (row,) = prepare(rows, "response", {"prompt": "question", "response": "answer",
+                                        "reward": "score"})
+    assert row == {"prompt": "1+1=", "response": "2", "reward": 0.5}
+
+
+def test_optional_reward_absent_is_fine():
+    (row,) = prepare([{"prompt": "p", "response": "r"}], "response")
+    assert row == {"prompt": "p", "response": "r"}
+
+
+def test_missing_column_lists_columns_and_suggests_mapping():
+    with pytest.raises(DataError) as err:
+        prepare([{"question": "q", "answer": "a"}], "response")
+    assert_one_line(err, "data.jsonl", "'prompt'", "['question', 'answer']", "columns: {prompt:")
+
+
+def test_misnamed_mapped_column():
+    with pytest.raises(DataError) as err:
+        prepare([{"q": "q", "response": "a"}], "response", {"prompt": "question"})
+    assert_one_line(err, "missing column 'question'", "['q', 'response']")
+
+
+def test_explicitly_mapped_optional_column_must_exist():
+    with pytest.raises(DataError) as err:
+        prepare([{"prompt": "q", "response": "a"}], "response", {"reward": "score"})
+    assert_one_line(err, "'score'", "reward")
+
+
+def test_unknown_field_in_columns():
+    with pytest.raises(DataError) as err:
+        prepare([{"prompt": "q", "response": "a"}], "response", {"answer": "response"})
+    assert_one_line(err, "unknown field", "answer")
+
+
+def test_pair_needs_both_rewards_or_neither():
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_reward": 1.0}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "pair")
+    assert_one_line(err, "chosen_reward", "rejected_reward")
+
+
+# ----------------------------------------------------------------------------- row validation
+
+
+@pytest.mark.parametrize(
+    ("rows", "format", "column"),
+    [
+        ([{"prompt": "a", "response": "b"}, {"prompt": "  ", "response": "b"}], "response",
+         "prompt"),
+        ([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}], "response",
+         "response"),
+        ([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": None}], "response",
+         "response"),
+        ([{"prompt": "a"}, {"prompt": ""}], "prompt", "prompt"),
+        ([{"prompt": "a", "chosen": "x", "rejected": "y"},
+          {"prompt": "a", "chosen": "x", "rejected": ""}], "pair", "rejected"),
+        ([{"prompt": "a", "responses": ["x", "y"]}, {"prompt": "a", "responses": ["x", ""]}],
+         "ranked", "responses"),
+    ],
+)
+def test_empty_text_names_row_and_column(rows, format, column):
+    with pytest.raises(DataError) as err:
+        prepare(rows, format)
+    assert_one_line(err, "data.jsonl", "row 1", f"column '{column}'", "empty", "drop_empty")
+
+
+def test_empty_text_error_names_the_original_column():
+    rows = [{"q": "", "a": "b"}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "response", {"prompt": "q", "response": "a"})
+    assert_one_line(err, "row 0", "column 'q'")
+
+
+def test_drop_empty_drops_and_counts():
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "", "response": "b"},
+            {"prompt": "c", "response": " "}, {"prompt": "d", "response": "e"}]
+    ds, fields = map_columns(datasets.Dataset.from_list(rows), "response")
+    clean, dropped = validate(ds, "response", fields, drop_empty=True)
+    assert dropped == 2
+    assert clean["prompt"] == ["a", "d"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_bad_reward_names_the_row(bad):
+    rows = [{"prompt": "a", "response": "b", "reward": 1.0},
+            {"prompt": "a", "response": "b", "reward": 0.5},
+            {"prompt": "a", "response": "c", "reward": bad}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "response")
+    assert_one_line(err, "row 2", "column 'reward'", "reward")
+
+
+def test_non_numeric_reward_names_the_row():
+    rows = [{"prompt": "a", "response": "b", "reward": "1.5"},
+            {"prompt": "a", "response": "b", "reward": "n/a"}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "response")
+    assert_one_line(err, "row 1", "column 'reward'", "'n/a'")
+
+
+def test_bad_reward_inside_ranked_list():
+    rows = [{"prompt": "a", "responses": ["x", "y"], "rewards": [1.0, math.nan]}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "ranked")
+    assert_one_line(err, "row 0", "column 'rewards'", "nan")
+
+
+def test_chosen_equal_rejected_names_the_row():
+    rows = [{"prompt": "a", "chosen": "x", "rejected": "y"},
+            {"prompt": "a", "chosen": "same", "rejected": "same"}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "pair")
+    assert_one_line(err, "row 1", "chosen == rejected")
+
+
+def test_ranked_list_shorter_than_two():
+    rows = [{"prompt": "a", "responses": ["x", "y"]}, {"prompt": "a", "responses": ["x"]}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "ranked")
+    assert_one_line(err, "row 1", "column 'responses'", ">= 2")
+
+
+def test_ranked_lists_of_unequal_length_name_the_row():
+    rows = [{"prompt": "a", "responses": ["x", "y", "z"]},
+            {"prompt": "a", "responses": ["x", "y", "z"]},
+            {"prompt": "a", "responses": ["x", "y"]}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "ranked")
+    assert_one_line(err, "row 2", "2 responses", "3")
+
+
+def test_ranked_rewards_length_mismatch():
+    rows = [{"prompt": "a", "responses": ["x", "y"], "rewards": [1.0]}]
+    with pytest.raises(DataError) as err:
+        prepare(rows, "ranked")
+    assert_one_line(err, "row 0", "column 'rewards'", "1 rewards for 2 responses")
+
+
+def test_ranked_sorted_best_first_and_json_strings_decoded():
+    rows = [{"prompt": "a", "responses": json.dumps(["mid", "best", "worst"]),
+             "rewards": json.dumps([0.5, 2.0, -1.0])}]
+    (row,) = prepare(rows, "ranked")
+    assert row["responses"] == ["best", "mid", "worst"]
+    assert row["rewards"] == [2.0, 0.5, -1.0]
+
+
+def test_ranked_without_rewards_keeps_order():
+    (row,) = prepare([{"prompt": "a", "responses": ["z", "a", "m"]}], "ranked")
+    assert row == {"prompt": "a", "responses": ["z", "a", "m"]}
+
+
+def test_all_rows_dropped_is_an_error():
+    ds, fields = map_columns(datasets.Dataset.from_list([{"prompt": " "}]), "prompt")
+    with pytest.raises(DataError, match="no rows left"):
+        validate(ds, "prompt", fields, drop_empty=True)
+
+
+# ----------------------------------------------------------------------------- chat templates
+
+
+def test_render_chat_prompts_uses_the_template():
+    tok = get_tokenizer("arithmetic")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert render_chat_prompts(["1+2="], tok) == ["<user>1+2=\n<assistant>"]
+
+
+def test_render_chat_prompts_without_template_is_one_line_error():
+    tok = get_tokenizer("arithmetic")
+    with pytest.raises(DataError) as err:
+        render_chat_prompts(["1+2="], tok)
+    assert_one_line(err, "no chat template")
