@@ -183,7 +183,8 @@ if triton is not None:
 
     @triton.jit
     def _affine_rev_combine(a1, b1, a2, b2):
-        # reverse scan of x_t = a_t * x_{t+1} + b_t: (a1, b1) is the later range, (a2, b2) the earlier
+        # reverse scan of x_t = a_t * x_{t+1} + b_t; (a1, b1) is the later range, (a2, b2) the
+        # earlier one (triton hands the accumulated later part first when reverse=True)
         return a1 * a2, a2 * b1 + b2
 
     @triton.jit

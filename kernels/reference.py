@@ -160,3 +160,31 @@ def ppo_clip_loss_ref(
         "ratio_max": rt.max() if rt.numel() else torch.tensor(0.0),
     }
     return loss, stats
+
+
+def gae_reverse_loop_ref(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook token-level GAE, the reverse loop big frameworks run over batched (B,) slices.
+
+    Rewards and values are zeroed at masked tokens, so a contiguous valid span may be padded on
+    either side. (B, T) in, advantages and returns (B, T) fp32 out (0 at masked tokens).
+    """
+    m = mask.bool()
+    r = torch.where(m, rewards.float(), 0.0)
+    v = torch.where(m, values.float(), 0.0)
+    T = r.shape[1]
+    last = torch.zeros_like(r[:, 0])  # (B,)
+    adv = []
+    for t in reversed(range(T)):
+        next_v = v[:, t + 1] if t < T - 1 else torch.zeros_like(last)
+        delta = r[:, t] + gamma * next_v - v[:, t]
+        last = delta + gamma * lam * last
+        adv.append(last)
+    adv = torch.stack(adv[::-1], dim=1)  # (B, T)
+    return torch.where(m, adv, 0.0), torch.where(m, adv + v, 0.0)
