@@ -8,6 +8,8 @@ program per row; see the kernel section). Backward recomputes from the saved per
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from kernels._backend import resolve_backend
@@ -413,7 +415,7 @@ if triton is not None:
         stride_lb, stride_lt, stride_lv,
         stride_gb, stride_gt, stride_gv,
         temperature, ignore_index,
-        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
+        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr, BF16_RTNE: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + (row // T) * stride_lb + (row % T) * stride_lt
@@ -435,7 +437,21 @@ if triton is not None:
             if WITH_ENTROPY:
                 grad -= g_ent * p * tl.where(p > 0, logp + ent, 0.0)
             grad = grad / temperature
-            tl.store(gbase + cols * stride_gv, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+            if BF16_RTNE:  # fp32 -> bf16 round-to-nearest-even in integer ops (see _bf16_rtne)
+                bits = grad.to(tl.uint32, bitcast=True)
+                bits += 0x7FFF + ((bits >> 16) & 1)
+                out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            else:
+                out = grad.to(grad_ptr.dtype.element_ty)
+            tl.store(gbase + cols * stride_gv, out, mask=mask)
+
+
+def _bf16_rtne(dtype: torch.dtype) -> bool:
+    """Round fp32 -> bf16 by hand? Only in the interpreter, whose fp32 -> bf16 cast truncates
+    (triton 3.x ``create_fp_trunc`` ignores the rounding mode); compiled casts already round to
+    nearest even. Gradients are finite here, so the integer trick's NaN caveat does not arise.
+    """
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _launch_cfg(V: int) -> tuple[int, int]:
@@ -485,6 +501,6 @@ def _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_in
         T, V,
         *logits.stride(), *grad.stride(),
         temperature, ignore_index,
-        BLOCK_V=block, WITH_ENTROPY=with_ent, num_warps=warps,
+        BLOCK_V=block, WITH_ENTROPY=with_ent, BF16_RTNE=_bf16_rtne(grad.dtype), num_warps=warps,
     )
     return grad

@@ -1,0 +1,183 @@
+"""kernels.logprob vs the fp32 references: forward and every input gradient, both backends.
+
+Tolerance (STYLE.md habit 6): the error of each backend against the fp32 reference must be at most
+2x the error of plain torch doing the same computation in the input dtype, plus a tiny floor.
+Triton runs in the interpreter on CPU (tests/conftest.py); the ``gpu`` tests run it compiled.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import linear_logprobs, sequence_logprobs
+from kernels.reference import linear_logprobs_ref, sequence_logprobs_ref
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+BACKENDS = ["torch", "triton"]
+IGN = -100
+
+
+def _floor(ref: torch.Tensor) -> float:
+    """A tiny absolute floor, relative to the reference's magnitude (fp32 rounding noise)."""
+    return 2e-6 * (1.0 + ref.abs().max().item()) if ref.numel() else 0.0
+
+
+def _assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, low: torch.Tensor) -> None:
+    """|got - ref| <= 2 |low - ref| + floor, in the max norm; print the worst mismatch if not."""
+    got, ref, low = got.float(), ref.float(), low.float()
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values {got}"
+    if ref.numel() == 0:
+        return
+    err = (got - ref).abs()
+    bound = 2 * (low - ref).abs().max().item() + _floor(ref)
+    worst = int(err.argmax())
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), err.shape))
+    assert err.max().item() <= bound, (
+        f"{name}: max err {err.max().item():.3e} > bound {bound:.3e} at {idx}: "
+        f"got {got[idx].item():.6g}, ref {ref[idx].item():.6g}, plain torch {low[idx].item():.6g}"
+    )
+
+
+def _outputs_and_grads(fn, inputs: list[torch.Tensor], cotangents: list[torch.Tensor]):
+    """Run fn(*inputs) (tensor or tuple); return outputs and grads of sum(out * cot) per input."""
+    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*inputs)
+    out = list(out) if isinstance(out, tuple) else [out]
+    loss = sum((o.float() * c).sum() for o, c in zip(out, cotangents))
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [o.detach() for o in out], [torch.zeros_like(x) if g is None else g for x, g in
+                                       zip(inputs, grads)]
+
+
+def _targets(shape: tuple[int, ...], V: int, gen: torch.Generator, ignore: str) -> torch.Tensor:
+    """Random targets with some ignore_index positions; ``ignore`` in {"some", "row", "all"}."""
+    t = torch.randint(0, V, shape, generator=gen)
+    if ignore == "all":
+        return torch.full_like(t, IGN)
+    flat = t.view(-1)
+    flat[:: 5] = IGN
+    if ignore == "row" and t.dim() == 2 and t.shape[0] > 1:
+        t[1] = IGN
+    return t
+
+
+# (name, logits shape (B, T, V) or (N, V), temperature, entropy, ignore, view)
+SEQ_CASES = [
+    ("odd", (3, 47, 1000), 0.7, True, "row", None),
+    ("v1", (2, 5, 1), 1.0, True, "some", None),
+    ("v7_t1", (4, 1, 7), 1.0, False, "some", None),
+    ("all_ignored", (2, 3, 31), 1.3, True, "all", None),
+    ("slice_view", (2, 11, 129), 0.9, True, "some", "slice"),
+    ("permuted_view", (3, 5, 67), 1.0, True, "row", "permute"),
+    ("flat_2d", (13, 250), 2.0, True, "some", None),
+    ("v32003", (1, 2, 32003), 1.3, True, "some", None),
+]
+
+
+def _seq_inputs(shape, view, dtype, gen):
+    """Logits in ``dtype`` (possibly a strided view) and their targets."""
+    if view == "slice":  # logits[:, :-1], as when shifting for next-token prediction
+        B, T, V = shape
+        base = torch.randn(B, T + 1, V, generator=gen) * 3
+        logits = base.to(dtype)[:, :-1]  # (B, T, V), rows not evenly strided
+    elif view == "permute":  # vocabulary not the innermost dimension
+        B, T, V = shape
+        logits = (torch.randn(V, B, T, generator=gen) * 3).to(dtype).permute(1, 2, 0)  # (B, T, V)
+    else:
+        logits = (torch.randn(*shape, generator=gen) * 3).to(dtype)
+    return logits, shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", SEQ_CASES, ids=lambda c: c[0])
+def test_sequence_logprobs(case, dtype, backend):
+    name, shape, temp, ent, ignore, view = case
+    gen = torch.Generator().manual_seed(hash(name) % 1000)
+    logits, shape = _seq_inputs(shape, view, dtype, gen)
+    targets = _targets(shape[:-1], shape[-1], gen, ignore)
+    n_out = 2 if ent else 1
+    cots = [torch.randn(shape[:-1], generator=gen) for _ in range(n_out)]
+    kw = {"temperature": temp, "ignore_index": IGN, "return_entropy": ent}
+
+    def ours(x):
+        return sequence_logprobs(x, targets, backend=backend, chunk_rows=5, **kw)
+
+    def plain(x):  # plain torch in the input dtype: the bar we hold ourselves to
+        logp_all = torch.log_softmax(x / temp, dim=-1)  # (B, T, V) in dtype
+        valid = targets != IGN
+        lp = logp_all.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+        lp = torch.where(valid, lp, 0)
+        if not ent:
+            return lp
+        return lp, torch.where(valid, -(logp_all.exp() * logp_all).sum(-1), 0)
+
+    got, g_got = _outputs_and_grads(ours, [logits], cots)
+    ref, g_ref = _outputs_and_grads(lambda x: sequence_logprobs_ref(x, targets, **kw),
+                                    [logits.float()], cots)
+    low, g_low = _outputs_and_grads(plain, [logits], cots)
+    assert all(o.dtype == torch.float32 for o in got)
+    assert g_got[0].dtype == dtype
+    for i, (o, r, lo) in enumerate(zip(got, ref, low)):
+        _assert_close(["logp", "entropy"][i], o, r, lo)
+    _assert_close("grad_logits", g_got[0], g_ref[0], g_low[0])
+    ignored = targets == IGN
+    assert (got[0][ignored] == 0).all() and (g_got[0][ignored] == 0).all()
+
+
+# (name, hidden shape (B, T, H) or (N, H), V, bias, temperature, entropy, ignore, view, chunk)
+LIN_CASES = [
+    ("odd", (3, 47, 16), 1000, True, 0.7, True, "row", None, 32),
+    ("v7_t1_nobias", (4, 1, 8), 7, False, 1.0, False, "some", None, 3),
+    ("v1", (2, 3, 4), 1, True, 1.0, True, "some", None, 4),
+    ("all_ignored", (2, 3, 8), 31, True, 1.3, True, "all", None, None),
+    ("slice_view", (2, 9, 12), 129, False, 0.9, True, "some", "slice", 7),
+    ("flat_2d", (13, 24), 250, True, 2.0, False, "some", None, 5),
+    ("v32003", (1, 2, 8), 32003, True, 1.3, True, "some", None, None),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", LIN_CASES, ids=lambda c: c[0])
+def test_linear_logprobs(case, dtype, backend):
+    name, hshape, V, has_bias, temp, ent, ignore, view, chunk = case
+    gen = torch.Generator().manual_seed(hash(name) % 1000 + 1)
+    H = hshape[-1]
+    if view == "slice":
+        hidden = torch.randn(hshape[0], hshape[1] + 1, H, generator=gen).to(dtype)[:, :-1]
+    else:
+        hidden = torch.randn(*hshape, generator=gen).to(dtype)
+    weight = (torch.randn(V, H, generator=gen) * (2 / H**0.5)).to(dtype)
+    bias = torch.randn(V, generator=gen).to(dtype) if has_bias else None
+    targets = _targets(hidden.shape[:-1], V, gen, ignore)
+    cots = [torch.randn(targets.shape, generator=gen) for _ in range(2 if ent else 1)]
+    kw = {"temperature": temp, "ignore_index": IGN, "return_entropy": ent}
+    inputs = [hidden, weight] + ([bias] if has_bias else [])
+
+    def ours(h, w, b=None):
+        return linear_logprobs(h, w, targets, bias=b, backend=backend, chunk_size=chunk, **kw)
+
+    def plain(h, w, b=None):  # full logits and log-softmax in the input dtype
+        logits = h @ w.t() if b is None else h @ w.t() + b  # (B, T, V)
+        logp_all = torch.log_softmax(logits / temp, dim=-1)  # (B, T, V)
+        valid = targets != IGN
+        lp = torch.where(valid, logp_all.gather(-1, targets.clamp(min=0)[..., None])[..., 0], 0)
+        if not ent:
+            return lp
+        return lp, torch.where(valid, -(logp_all.exp() * logp_all).sum(-1), 0)
+
+    got, g_got = _outputs_and_grads(ours, inputs, cots)
+    ref, g_ref = _outputs_and_grads(
+        lambda h, w, b=None: linear_logprobs_ref(h, w, targets, bias=b, **kw),
+        [x.float() for x in inputs], cots,
+    )
+    low, g_low = _outputs_and_grads(plain, inputs, cots)
+    for i, (o, r, lo) in enumerate(zip(got, ref, low)):
+        _assert_close(["logp", "entropy"][i], o, r, lo)
+    for gname, g, r, lo, x in zip(["grad_hidden", "grad_weight", "grad_bias"], g_got, g_ref,
+                                  g_low, inputs):
+        assert g.dtype == x.dtype, f"{gname}: dtype {g.dtype} != input dtype {x.dtype}"
+        _assert_close(gname, g, r, lo)
