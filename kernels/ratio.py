@@ -135,5 +135,136 @@ def ppo_clip_loss(
     return _ppo_clip_loss_torch(*args)
 
 
-def _ppo_clip_loss_triton(*args):
-    raise NotImplementedError("the Triton ppo_clip_loss kernel is not written yet")
+# --- Triton: fused forward + backward, one program per (row, block of tokens) -------------------
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the torch backend works without triton
+    triton = None
+
+_N_PARTS = 7  # per program: loss, n_clipped, kl_sum, ratio_sum, ratio_min, ratio_max, n_valid
+
+if triton is not None:
+
+    @triton.jit
+    def _ppo_clip_fwd_bwd_kernel(
+        lp_ptr, old_ptr, adv_ptr, m_ptr, w_ptr, grad_ptr, part_ptr,
+        T, stride_lp, stride_old, stride_adv, stride_m, stride_g,
+        clip_low, clip_high,
+        BLOCK_T: tl.constexpr, HAS_OLD: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        blk = tl.program_id(1)
+        cols = blk * BLOCK_T + tl.arange(0, BLOCK_T)
+        inb = cols < T
+        valid = (tl.load(m_ptr + row * stride_m + cols, mask=inb, other=0) != 0) & inb
+        log_ratio = tl.load(lp_ptr + row * stride_lp + cols, mask=inb, other=0.0).to(tl.float32)
+        if HAS_OLD:
+            old = tl.load(old_ptr + row * stride_old + cols, mask=inb, other=0.0)
+            log_ratio = log_ratio - old.to(tl.float32)
+        log_ratio = tl.where(valid, log_ratio, 0.0)
+        adv = tl.load(adv_ptr + row * stride_adv + cols, mask=inb, other=0.0).to(tl.float32)
+        adv = tl.where(valid, adv, 0.0)
+        ratio = tl.exp(log_ratio)
+        unclipped = -adv * ratio
+        clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+        active = (clipped > unclipped) & valid  # the clipped branch wins: no gradient
+        weight = tl.load(w_ptr + row)  # this row's weight in the reduction
+        per_token = tl.where(valid, tl.where(active, clipped, unclipped), 0.0)
+        if WRITE_GRAD:  # d loss / d log_ratio = -A * rho * weight where the unclipped branch wins
+            grad = tl.where(valid & ~active, unclipped * weight, 0.0)
+            tl.store(grad_ptr + row * stride_g + cols, grad.to(grad_ptr.dtype.element_ty),
+                     mask=inb)
+        part = part_ptr + (row * tl.num_programs(1) + blk) * 7
+        tl.store(part, tl.sum(per_token, axis=0) * weight)
+        tl.store(part + 1, tl.sum(active.to(tl.float32), axis=0))
+        tl.store(part + 2, tl.sum(tl.where(valid, ratio - 1.0 - log_ratio, 0.0), axis=0))
+        tl.store(part + 3, tl.sum(tl.where(valid, ratio, 0.0), axis=0))
+        tl.store(part + 4, tl.min(tl.where(valid, ratio, float("inf")), axis=0))
+        tl.store(part + 5, tl.max(tl.where(valid, ratio, -float("inf")), axis=0))
+        tl.store(part + 6, tl.sum(valid.to(tl.float32), axis=0))
+
+
+def _row_weights(mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """(B,) fp32 weight of every valid token of each row in the scalar loss."""
+    n_row = mask.sum(dim=1, dtype=torch.float32)  # (B,)
+    if reduction == "sum":
+        return torch.ones_like(n_row)
+    if reduction == "token_mean":
+        return (1.0 / n_row.sum().clamp(min=1.0)).expand_as(n_row).contiguous()
+    return 1.0 / (n_row.clamp(min=1.0) * (n_row > 0).sum().clamp(min=1))
+
+
+def _launch_ppo(log_ratio_src, old, advantages, mask, weights, grad, clip_low, clip_high):
+    """Run the fused kernel; returns the (programs, 7) fp32 partials."""
+    B, T = log_ratio_src.shape
+    block = min(triton.next_power_of_2(max(T, 1)), 1024)
+    grid = (B, triton.cdiv(T, block))
+    parts = torch.empty(grid[0] * grid[1], _N_PARTS, dtype=torch.float32,
+                        device=log_ratio_src.device)
+    _ppo_clip_fwd_bwd_kernel[grid](
+        log_ratio_src, old if old is not None else log_ratio_src, advantages, mask, weights,
+        grad if grad is not None else log_ratio_src, parts,
+        T, log_ratio_src.stride(0), old.stride(0) if old is not None else 0,
+        advantages.stride(0), mask.stride(0), grad.stride(0) if grad is not None else 0,
+        clip_low, clip_high,
+        BLOCK_T=block, HAS_OLD=old is not None, WRITE_GRAD=grad is not None,
+        num_warps=4 if block <= 512 else 8,
+    )
+    return parts
+
+
+class _PPOClipTriton(torch.autograd.Function):
+    """Fused PPO surrogate: the forward writes d loss / d logprobs, the backward scales it."""
+
+    @staticmethod
+    def forward(ctx, logprobs, old_logprobs, advantages, mask, segment_ids, clip_low, clip_high,
+                ratio_level, reduction):
+        lp, old, adv = (x.contiguous() for x in (logprobs, old_logprobs, advantages))
+        m = mask.contiguous()
+        m = m.view(torch.uint8) if m.dtype == torch.bool else m
+        if ratio_level == "segment":  # one log-ratio per macro action, summed in fp32
+            lp = segment_sum(lp.float() - old.float(), segment_ids, mask)
+            old = None
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(lp) if want_grad else None
+        parts = _launch_ppo(lp, old, adv, m, _row_weights(m, reduction), grad, clip_low,
+                            clip_high)
+        if want_grad and ratio_level == "segment":  # d log_ratio_k / d logprob_t = 1 in macro k
+            grad = segment_sum(grad, segment_ids, mask).to(logprobs.dtype)
+        ctx.save_for_backward(grad)
+        stats = _reduce_parts(parts)
+        ctx.mark_non_differentiable(stats)
+        return stats[0], stats[1:]
+
+    @staticmethod
+    def backward(ctx, g_loss, g_stats):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 9
+        grad = grad if bool(g_loss == 1.0) else (grad.float() * g_loss).to(grad.dtype)
+        return (grad,) + (None,) * 8
+
+
+def _reduce_parts(parts: torch.Tensor) -> torch.Tensor:
+    """(programs, 7) partials -> (6,) loss, clip_frac, approx_kl, ratio_mean, ratio_min, max."""
+    n = parts[:, 6].sum()
+    denom = n.clamp(min=1.0)
+    has = n > 0
+    zero = parts.new_zeros(())
+    return torch.stack([
+        parts[:, 0].sum(), parts[:, 1].sum() / denom, parts[:, 2].sum() / denom,
+        parts[:, 3].sum() / denom, torch.where(has, parts[:, 4].min(), zero),
+        torch.where(has, parts[:, 5].max(), zero),
+    ])
+
+
+def _ppo_clip_loss_triton(logprobs, old_logprobs, advantages, mask, clip_low, clip_high,
+                          ratio_level, segment_ids, reduction):
+    loss, stats = _PPOClipTriton.apply(logprobs, old_logprobs, advantages, mask, segment_ids,
+                                       clip_low, clip_high, ratio_level, reduction)
+    names = ("clip_frac", "approx_kl", "ratio_mean", "ratio_min", "ratio_max")
+    out = {name: stats[i] for i, name in enumerate(names)}
+    out["approx_kl_k3"] = out["approx_kl"]
+    return loss, out
