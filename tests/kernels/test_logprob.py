@@ -181,3 +181,142 @@ def test_linear_logprobs(case, dtype, backend):
                                   g_low, inputs):
         assert g.dtype == x.dtype, f"{gname}: dtype {g.dtype} != input dtype {x.dtype}"
         _assert_close(gname, g, r, lo)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_vocabulary_minus_inf(backend):
+    """-inf logits (a masked vocabulary) get p = 0 and gradient 0; the rest is a finite softmax."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 6, 40, generator=gen) * 3
+    keep = torch.arange(40) % 3 != 0  # (V,) columns that stay finite
+    logits[..., ~keep] = float("-inf")
+    sub_targets = torch.randint(0, int(keep.sum()), (2, 6), generator=gen)
+    targets = keep.nonzero().squeeze(1)[sub_targets]  # (B, T) same tokens, full-vocab ids
+    targets[0, 3] = IGN
+    sub_targets[0, 3] = IGN
+    cots = [torch.randn(2, 6, generator=gen) for _ in range(2)]
+    kw = {"temperature": 0.8, "return_entropy": True}
+    got, g_got = _outputs_and_grads(
+        lambda x: sequence_logprobs(x, targets, backend=backend, **kw), [logits], cots)
+    ref, g_ref = _outputs_and_grads(
+        lambda x: sequence_logprobs_ref(x, sub_targets, **kw), [logits[..., keep]], cots)
+    for name, o, r in zip(["logp", "entropy"], got, ref):
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert (g_got[0][..., ~keep] == 0).all()
+    torch.testing.assert_close(g_got[0][..., keep], g_ref[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saves_no_vocab_sized_tensor(backend):
+    """Backward state is O(B*T) beyond the inputs: no fp32 (B, T, V) copy, no (N, V) logits."""
+    B, T, V, H = 2, 8, 300, 16
+    logits = torch.randn(B, T, V, requires_grad=True)
+    targets = torch.randint(0, V, (B, T))
+    logp, ent = sequence_logprobs(logits, targets, backend=backend, return_entropy=True)
+    saved = [t for t in logp.grad_fn.saved_tensors if t.data_ptr() != logits.data_ptr()]
+    assert sum(t.numel() for t in saved) <= 3 * B * T, [tuple(t.shape) for t in saved]
+    hidden = torch.randn(B, T, H, requires_grad=True)
+    weight = torch.randn(V, H, requires_grad=True)
+    logp = linear_logprobs(hidden, weight, targets, backend=backend, chunk_size=4)
+    node = logp.grad_fn
+    while not hasattr(node, "saved_tensors"):  # step past the (N,) -> (B, T) view
+        node = node.next_functions[0][0]
+    saved = [t for t in node.saved_tensors if t is not None]  # bias=None, entropy=None
+    assert max(t.numel() for t in saved) == V * H  # the weight itself; nothing (N, V)
+    assert sum(t.numel() for t in saved) <= V * H + B * T * H + 3 * B * T
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_frozen_weight_and_no_grad(backend):
+    """Only requested gradients are formed; a frozen lm_head gives grad_hidden alone."""
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 5, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 8, generator=gen)  # frozen
+    targets = torch.randint(0, 50, (3, 5), generator=gen)
+    logp = linear_logprobs(hidden, weight, targets, backend=backend, chunk_size=4)
+    (g,) = torch.autograd.grad(logp.sum(), hidden)
+    h_ref = hidden.detach().clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(linear_logprobs_ref(h_ref, weight, targets).sum(), h_ref)
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        out = sequence_logprobs(torch.randn(2, 3, 9), torch.zeros(2, 3, dtype=torch.long),
+                                backend=backend)
+    assert out.shape == (2, 3) and not out.requires_grad
+
+
+def test_shape_and_type_errors():
+    """Clear errors for mismatched shapes, float targets and a non-positive temperature."""
+    logits = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match="targets"):
+        sequence_logprobs(logits, torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        sequence_logprobs(logits, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        sequence_logprobs(logits, torch.zeros(2, 3, dtype=torch.long), temperature=0.0)
+    with pytest.raises(ValueError, match="weight"):
+        linear_logprobs(torch.randn(2, 3, 4), torch.randn(5, 6), torch.zeros(2, 3).long())
+
+
+# --- compiled Triton on a GPU (skipped here; run with TRITON_INTERPRET=0 pytest -m gpu) ---------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("shape", [(3, 47, 1000), (4, 512, 32003)], ids=["odd", "large"])
+def test_sequence_logprobs_gpu(shape, dtype):
+    gen = torch.Generator().manual_seed(11)
+    logits = (torch.randn(shape[0], shape[1] + 1, shape[2], generator=gen) * 3).to(dtype)
+    logits = logits.cuda()[:, :-1]  # (B, T, V) non-contiguous view
+    targets = _targets(shape[:-1], shape[-1], gen, "row").cuda()
+    cots = [torch.randn(shape[:-1], generator=gen).cuda() for _ in range(2)]
+    kw = {"temperature": 0.7, "ignore_index": IGN, "return_entropy": True}
+
+    def plain(x):
+        logp_all = torch.log_softmax(x / 0.7, dim=-1)  # (B, T, V) in dtype
+        valid = targets != IGN
+        lp = logp_all.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        return torch.where(valid, lp, 0), torch.where(valid, ent, 0)
+
+    for backend in BACKENDS:
+        got, g_got = _outputs_and_grads(
+            lambda x, b=backend: sequence_logprobs(x, targets, backend=b, **kw), [logits], cots)
+        ref, g_ref = _outputs_and_grads(lambda x: sequence_logprobs_ref(x, targets, **kw),
+                                        [logits.float()], cots)
+        low, g_low = _outputs_and_grads(plain, [logits], cots)
+        for name, o, r, lo in zip(["logp", "entropy"], got, ref, low):
+            _assert_close(f"{backend} {name}", o, r, lo)
+        _assert_close(f"{backend} grad_logits", g_got[0], g_ref[0], g_low[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_linear_logprobs_gpu(dtype):
+    gen = torch.Generator().manual_seed(12)
+    N, H, V = 2047, 512, 32003
+    hidden = torch.randn(N, H, generator=gen).to(dtype).cuda()
+    weight = (torch.randn(V, H, generator=gen) * (2 / H**0.5)).to(dtype).cuda()
+    bias = torch.randn(V, generator=gen).to(dtype).cuda()
+    targets = _targets((N,), V, gen, "some").cuda()
+    cots = [torch.randn(N, generator=gen).cuda() for _ in range(2)]
+    kw = {"temperature": 0.9, "ignore_index": IGN, "return_entropy": True}
+
+    def plain(h, w, b):
+        logp_all = torch.log_softmax((h @ w.t() + b) / 0.9, dim=-1)  # (N, V) in dtype
+        valid = targets != IGN
+        lp = logp_all.gather(-1, targets.clamp(min=0)[:, None])[:, 0]  # (N,)
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        return torch.where(valid, lp, 0), torch.where(valid, ent, 0)
+
+    ref, g_ref = _outputs_and_grads(
+        lambda h, w, b: linear_logprobs_ref(h, w, targets, bias=b, **kw),
+        [hidden.float(), weight.float(), bias.float()], cots)
+    low, g_low = _outputs_and_grads(plain, [hidden, weight, bias], cots)
+    for backend in BACKENDS:
+        got, g_got = _outputs_and_grads(
+            lambda h, w, b, k=backend: linear_logprobs(h, w, targets, bias=b, backend=k, **kw),
+            [hidden, weight, bias], cots)
+        for name, o, r, lo in zip(["logp", "entropy"], got, ref, low):
+            _assert_close(f"{backend} {name}", o, r, lo)
+        for name, o, r, lo in zip(["grad_hidden", "grad_weight", "grad_bias"], g_got, g_ref, g_low):
+            _assert_close(f"{backend} {name}", o, r, lo)
