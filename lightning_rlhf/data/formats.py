@@ -7,6 +7,7 @@ format (``FORMAT_FIELDS``) or raises a one-line :class:`DataError` naming the fi
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import math
@@ -105,11 +106,22 @@ def load_source(spec: str, split: str = "train") -> datasets.Dataset:
     kinds = {FILE_BUILDERS.get(os.path.splitext(f)[1]) for f in files}
     if None in kinds or len(kinds) != 1:
         raise DataError(f"{spec}: files must all be one of {'/'.join(FILE_BUILDERS)} (got {files})")
+    kind = kinds.pop()
+    options = _csv_options(files[0]) if kind == "csv" else {}
     try:
-        return datasets.load_dataset(kinds.pop(), data_files=files, split="train")
+        return datasets.load_dataset(kind, data_files=files, split="train", **options)
     except Exception as err:  # noqa: BLE001 - re-raised as one line, naming the files
         first = str(err).splitlines()[0] if str(err) else ""
         raise DataError(f"{spec}: could not read: {type(err).__name__}: {first}") from err
+
+
+def _csv_options(path: str) -> dict[str, Any]:
+    """Read every CSV column as text, empty cells as "" (so "42" stays a string and an empty
+    cell is reported as empty; rewards are parsed later)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "keep_default_na": False}
 
 
 def get_builtin_task(name: str, options: dict[str, Any] | None = None) -> Any:
