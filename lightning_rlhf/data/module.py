@@ -179,14 +179,21 @@ class RLHFDataModule(LightningDataModule):
         # assigned together, only once everything has succeeded
         self.train_dataset, self.val_dataset = _add_index(train), _add_index(val)
 
-    def _builtin_splits(self) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """Training and validation records of a built-in task, from RNG offsets 0 and 1."""
+    def _builtin_splits(self) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+        """Training and validation records of a built-in task, from RNG offsets 0 and 1
+        (no validation set when ``num_val`` is 0)."""
+        if self.num_train < 1 or self.num_val < 0:
+            raise DataError(
+                f"{self.dataset}: need num_train >= 1 and num_val >= 0, got "
+                f"{self.num_train}, {self.num_val}"
+            )
         options = {"seed": self.seed, **(self.task_options or {})}
         task = get_builtin_task(self.dataset[len(BUILTIN_PREFIX) :], options)
-        splits = []
+        splits: list[datasets.Dataset | None] = []
         for offset, n in ((0, self.num_train), (1, self.num_val)):
-            raw = builtin_records(task, self.format, n, self.ranked_k, offset)
-            splits.append(self._prepare(raw, f"{self.dataset}[offset={offset}]", builtin=True))
+            raw = builtin_records(task, self.format, n, self.ranked_k, offset) if n else None
+            source = f"{self.dataset}[offset={offset}]"
+            splits.append(None if raw is None else self._prepare(raw, source, builtin=True))
         return splits[0], splits[1]
 
     def _prepare(

@@ -53,9 +53,7 @@ def test_prompts_keep_special_tokens_and_are_left_truncated(tok):
 
 
 def test_responses_are_right_truncated_and_end_with_eos(tok):
-    assert tokenize_responses(["12345", "7", ""], tok, 3) == [
-        [d(1), d(2), EOS], [d(7), EOS], [EOS]
-    ]
+    assert tokenize_responses(["12345", "7", ""], tok, 3) == [[d(1), d(2), EOS], [d(7), EOS], [EOS]]
     assert tokenize_responses(["12345"], tok, 1) == [[EOS]]  # EOS counts within the limit
     with pytest.raises(DataError, match="max_response_length"):
         tokenize_responses(["1"], tok, 0)
@@ -71,8 +69,10 @@ def test_pad_sides():
 
 
 def test_response_batch_exact_positions(tok):
-    rows = [{"prompt": "1+2=", "response": "3", "reward": 1.0},
-            {"prompt": "10+20=", "response": "30", "reward": 0.25}]
+    rows = [
+        {"prompt": "1+2=", "response": "3", "reward": 1.0},
+        {"prompt": "10+20=", "response": "30", "reward": 0.25},
+    ]
     b = collate(tok, rows, "response")
     assert b["input_ids"].tolist() == [
         [BOS, d(1), PLUS, d(2), EQ, d(3), EOS, PAD, PAD, PAD],
@@ -124,10 +124,22 @@ def test_prompt_batch_is_left_padded(tok):
 
 
 def test_pair_batch_chosen_first(tok):
-    rows = [{"prompt": "1+2=", "chosen": "3", "rejected": "12",
-             "chosen_reward": 1.0, "rejected_reward": 0.0},
-            {"prompt": "5+5=", "chosen": "10", "rejected": "0",
-             "chosen_reward": 1.0, "rejected_reward": 0.5}]
+    rows = [
+        {
+            "prompt": "1+2=",
+            "chosen": "3",
+            "rejected": "12",
+            "chosen_reward": 1.0,
+            "rejected_reward": 0.0,
+        },
+        {
+            "prompt": "5+5=",
+            "chosen": "10",
+            "rejected": "0",
+            "chosen_reward": 1.0,
+            "rejected_reward": 0.5,
+        },
+    ]
     b = collate(tok, rows, "pair")
     assert b["input_ids"].shape == b["attention_mask"].shape == b["response_mask"].shape
     assert b["input_ids"].shape == (2, 2, 8)
@@ -142,8 +154,10 @@ def test_pair_batch_chosen_first(tok):
 
 
 def test_ranked_batch_shapes_and_masks(tok):
-    rows = [{"prompt": "1+1=", "responses": ["2", "3", "22"], "rewards": [1.0, 0.5, 0.0]},
-            {"prompt": "2+2=", "responses": ["4", "5", "44"], "rewards": [1.0, 0.5, 0.0]}]
+    rows = [
+        {"prompt": "1+1=", "responses": ["2", "3", "22"], "rewards": [1.0, 0.5, 0.0]},
+        {"prompt": "2+2=", "responses": ["4", "5", "44"], "rewards": [1.0, 0.5, 0.0]},
+    ]
     b = collate(tok, rows, "ranked", with_prompts=True)
     assert b["input_ids"].shape == (2, 3, 8) and b["rewards"].shape == (2, 3)
     assert b["response_mask"].sum(-1).tolist() == [[2, 2, 3], [2, 2, 3]]
@@ -168,8 +182,14 @@ def test_prompt_empty_after_tokenisation_names_the_row():
     strip_tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
     ds = datasets.Dataset.from_list([{"prompt": "a"}, {"prompt": "~~"}])
     with pytest.raises(DataError) as err:
-        tokenize_dataset(ds, strip_tok, "prompt", max_prompt_length=8, max_response_length=4,
-                         source="prompts.csv")
+        tokenize_dataset(
+            ds,
+            strip_tok,
+            "prompt",
+            max_prompt_length=8,
+            max_response_length=4,
+            source="prompts.csv",
+        )
     msg = str(err.value)
     assert "prompts.csv" in msg and "row 1" in msg and "empty after tokenisation" in msg
     assert "\n" not in msg

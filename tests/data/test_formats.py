@@ -22,7 +22,10 @@ from lightning_rlhf.data.tasks import get_tokenizer
 def prepare(rows: list[dict], format: str, columns: dict | None = None, **kw) -> list[dict]:
     """Map and validate ``rows``; returns the clean rows."""
     ds, fields = map_columns(
-        datasets.Dataset.from_list(rows), format, columns, hh_format=kw.get("hh_format", False),
+        datasets.Dataset.from_list(rows),
+        format,
+        columns,
+        hh_format=kw.get("hh_format", False),
         source="data.jsonl",
     )
     clean, _ = validate(ds, format, fields, source="data.jsonl", **kw)
@@ -127,8 +130,9 @@ def test_unreadable_file_is_one_line(tmp_path):
 
 def test_column_mapping_renames_and_keeps_only_fields():
     rows = [{"question": "1+1=", "answer": "2", "score": 0.5, "extra": 7}]
-    (row,) = prepare(rows, "response", {"prompt": "question", "response": "answer",
-                                        "reward": "score"})
+    (row,) = prepare(
+        rows, "response", {"prompt": "question", "response": "answer", "reward": "score"}
+    )
     assert row == {"prompt": "1+1=", "response": "2", "reward": 0.5}
 
 
@@ -174,17 +178,35 @@ def test_pair_needs_both_rewards_or_neither():
 @pytest.mark.parametrize(
     ("rows", "format", "column"),
     [
-        ([{"prompt": "a", "response": "b"}, {"prompt": "  ", "response": "b"}], "response",
-         "prompt"),
-        ([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}], "response",
-         "response"),
-        ([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": None}], "response",
-         "response"),
+        (
+            [{"prompt": "a", "response": "b"}, {"prompt": "  ", "response": "b"}],
+            "response",
+            "prompt",
+        ),
+        (
+            [{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}],
+            "response",
+            "response",
+        ),
+        (
+            [{"prompt": "a", "response": "b"}, {"prompt": "a", "response": None}],
+            "response",
+            "response",
+        ),
         ([{"prompt": "a"}, {"prompt": ""}], "prompt", "prompt"),
-        ([{"prompt": "a", "chosen": "x", "rejected": "y"},
-          {"prompt": "a", "chosen": "x", "rejected": ""}], "pair", "rejected"),
-        ([{"prompt": "a", "responses": ["x", "y"]}, {"prompt": "a", "responses": ["x", ""]}],
-         "ranked", "responses"),
+        (
+            [
+                {"prompt": "a", "chosen": "x", "rejected": "y"},
+                {"prompt": "a", "chosen": "x", "rejected": ""},
+            ],
+            "pair",
+            "rejected",
+        ),
+        (
+            [{"prompt": "a", "responses": ["x", "y"]}, {"prompt": "a", "responses": ["x", ""]}],
+            "ranked",
+            "responses",
+        ),
     ],
 )
 def test_empty_text_names_row_and_column(rows, format, column):
@@ -201,8 +223,12 @@ def test_empty_text_error_names_the_original_column():
 
 
 def test_drop_empty_drops_and_counts():
-    rows = [{"prompt": "a", "response": "b"}, {"prompt": "", "response": "b"},
-            {"prompt": "c", "response": " "}, {"prompt": "d", "response": "e"}]
+    rows = [
+        {"prompt": "a", "response": "b"},
+        {"prompt": "", "response": "b"},
+        {"prompt": "c", "response": " "},
+        {"prompt": "d", "response": "e"},
+    ]
     ds, fields = map_columns(datasets.Dataset.from_list(rows), "response")
     clean, dropped = validate(ds, "response", fields, drop_empty=True)
     assert dropped == 2
@@ -211,17 +237,21 @@ def test_drop_empty_drops_and_counts():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
 def test_bad_reward_names_the_row(bad):
-    rows = [{"prompt": "a", "response": "b", "reward": 1.0},
-            {"prompt": "a", "response": "b", "reward": 0.5},
-            {"prompt": "a", "response": "c", "reward": bad}]
+    rows = [
+        {"prompt": "a", "response": "b", "reward": 1.0},
+        {"prompt": "a", "response": "b", "reward": 0.5},
+        {"prompt": "a", "response": "c", "reward": bad},
+    ]
     with pytest.raises(DataError) as err:
         prepare(rows, "response")
     assert_one_line(err, "row 2", "column 'reward'", "reward")
 
 
 def test_non_numeric_reward_names_the_row():
-    rows = [{"prompt": "a", "response": "b", "reward": "1.5"},
-            {"prompt": "a", "response": "b", "reward": "n/a"}]
+    rows = [
+        {"prompt": "a", "response": "b", "reward": "1.5"},
+        {"prompt": "a", "response": "b", "reward": "n/a"},
+    ]
     with pytest.raises(DataError) as err:
         prepare(rows, "response")
     assert_one_line(err, "row 1", "column 'reward'", "'n/a'")
@@ -235,8 +265,10 @@ def test_bad_reward_inside_ranked_list():
 
 
 def test_chosen_equal_rejected_names_the_row():
-    rows = [{"prompt": "a", "chosen": "x", "rejected": "y"},
-            {"prompt": "a", "chosen": "same", "rejected": "same"}]
+    rows = [
+        {"prompt": "a", "chosen": "x", "rejected": "y"},
+        {"prompt": "a", "chosen": "same", "rejected": "same"},
+    ]
     with pytest.raises(DataError) as err:
         prepare(rows, "pair")
     assert_one_line(err, "row 1", "chosen == rejected")
@@ -250,9 +282,11 @@ def test_ranked_list_shorter_than_two():
 
 
 def test_ranked_lists_of_unequal_length_name_the_row():
-    rows = [{"prompt": "a", "responses": ["x", "y", "z"]},
-            {"prompt": "a", "responses": ["x", "y", "z"]},
-            {"prompt": "a", "responses": ["x", "y"]}]
+    rows = [
+        {"prompt": "a", "responses": ["x", "y", "z"]},
+        {"prompt": "a", "responses": ["x", "y", "z"]},
+        {"prompt": "a", "responses": ["x", "y"]},
+    ]
     with pytest.raises(DataError) as err:
         prepare(rows, "ranked")
     assert_one_line(err, "row 2", "2 responses", "3")
@@ -266,8 +300,13 @@ def test_ranked_rewards_length_mismatch():
 
 
 def test_ranked_sorted_best_first_and_json_strings_decoded():
-    rows = [{"prompt": "a", "responses": json.dumps(["mid", "best", "worst"]),
-             "rewards": json.dumps([0.5, 2.0, -1.0])}]
+    rows = [
+        {
+            "prompt": "a",
+            "responses": json.dumps(["mid", "best", "worst"]),
+            "rewards": json.dumps([0.5, 2.0, -1.0]),
+        }
+    ]
     (row,) = prepare(rows, "ranked")
     assert row["responses"] == ["best", "mid", "worst"]
     assert row["rewards"] == [2.0, 0.5, -1.0]

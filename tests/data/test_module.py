@@ -27,11 +27,13 @@ def make_rows(format: str, n: int = 10) -> list[dict]:
         if format == "response":
             row.update(response=str(2 * i), reward=i / 10)
         elif format == "pair":
-            row.update(chosen=str(2 * i), rejected=str(2 * i + 1), chosen_reward=1.0,
-                       rejected_reward=0.0)
+            row.update(
+                chosen=str(2 * i), rejected=str(2 * i + 1), chosen_reward=1.0, rejected_reward=0.0
+            )
         elif format == "ranked":  # best is the second one, after sorting: 2i+1, 2i+2, 2i
-            row.update(responses=[str(2 * i), str(2 * i + 1), str(2 * i + 2)],
-                       rewards=[0.0, 1.0, 0.5])
+            row.update(
+                responses=[str(2 * i), str(2 * i + 1), str(2 * i + 2)], rewards=[0.0, 1.0, 0.5]
+            )
         rows.append(row)
     return rows
 
@@ -50,8 +52,9 @@ def write(path, rows: list[dict]) -> str:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: json.dumps(v) if isinstance(v, list) else v
-                                 for k, v in r.items()})
+                writer.writerow(
+                    {k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
+                )
     return str(path)
 
 
@@ -91,8 +94,11 @@ def test_every_format_from_every_file_kind(tmp_path, kind, format):
             assert r["reward"].item() == pytest.approx(i / 10)
             assert tok.decode(r["input_ids"][r["response_mask"].bool()]) == f"{2 * i}<eos>"
         else:
-            expect = ([str(2 * i), str(2 * i + 1)] if format == "pair"
-                      else [str(2 * i + 1), str(2 * i + 2), str(2 * i)])
+            expect = (
+                [str(2 * i), str(2 * i + 1)]
+                if format == "pair"
+                else [str(2 * i + 1), str(2 * i + 2), str(2 * i)]
+            )
             got = [tok.decode(ids[m.bool()]) for ids, m in zip(r["input_ids"], r["response_mask"])]
             assert got == [e + "<eos>" for e in expect]
             assert r["rewards"].tolist() == ([1.0, 0.0] if format == "pair" else [1.0, 0.5, 0.0])
@@ -113,8 +119,9 @@ def test_glob_and_comma_list_of_files(tmp_path):
 def test_column_mapping(tmp_path):
     rows = [{"question": f"{i}+1=", "answer": str(i + 1), "score": 0.5} for i in range(5)]
     path = write(tmp_path / "qa.jsonl", rows)
-    dm = module(path, columns={"prompt": "question", "response": "answer", "reward": "score"},
-                val_split=0.0)
+    dm = module(
+        path, columns={"prompt": "question", "response": "answer", "reward": "score"}, val_split=0.0
+    )
     batch = next(iter(dm.train_dataloader()))
     assert set(batch["response"]) <= {str(i + 1) for i in range(5)}
     assert batch["reward"].tolist() == [0.5] * 4
@@ -133,8 +140,10 @@ def test_separate_val_dataset(tmp_path):
 
 def test_hh_transcripts(tmp_path):
     head = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: 1+{i}?\n\nAssistant:"
-    rows = [{"chosen": head.format(i=i) + f" {i + 1}", "rejected": head.format(i=i) + " 0"}
-            for i in range(1, 5)]
+    rows = [
+        {"chosen": head.format(i=i) + f" {i + 1}", "rejected": head.format(i=i) + " 0"}
+        for i in range(1, 5)
+    ]
     dm = module(write(tmp_path / "hh.jsonl", rows), "pair", hh_format=True, val_split=0.0)
     batch = next(iter(dm.val_dataloader() or dm.train_dataloader()))
     i = int(batch["prompt"][0].rsplit("+", 1)[1][0])
@@ -153,7 +162,8 @@ def test_chat_template(tmp_path):
     )
     dm.setup()
     rendered = dm.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "3+3="}], add_generation_prompt=True, tokenize=False)
+        [{"role": "user", "content": "3+3="}], add_generation_prompt=True, tokenize=False
+    )
     assert rendered == "<bos>Q:3+3= A:"
     row = dm.train_dataset[3]
     assert row["prompt"] == "3+3="  # the batch keeps the raw prompt text
@@ -181,8 +191,12 @@ def test_builtin_source_for_every_format(format):
 
 
 def test_builtin_task_options_and_seed():
-    exact = module("builtin:arithmetic", num_train=30, num_val=4,
-                   task_options={"carry_forget": 0.0, "digit_noise": 0.0})
+    exact = module(
+        "builtin:arithmetic",
+        num_train=30,
+        num_val=4,
+        task_options={"carry_forget": 0.0, "digit_noise": 0.0},
+    )
     assert exact.train_dataset["reward"] == [1.0] * 30
     for prompt, response in zip(exact.train_dataset["prompt"], exact.train_dataset["response"]):
         a, b = prompt.rstrip("=").split("+")
@@ -192,6 +206,8 @@ def test_builtin_task_options_and_seed():
     base = module("builtin:arithmetic", num_train=30, num_val=4, seed=0)
     assert again.train_dataset["prompt"] == base.train_dataset["prompt"]
     assert other.train_dataset["prompt"] != base.train_dataset["prompt"]
+    no_val = module("builtin:arithmetic", num_train=5, num_val=0)
+    assert no_val.val_dataset is None and no_val.val_dataloader() == []
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -259,8 +275,14 @@ def test_tokenizer_without_pad_or_eos_is_an_error(tmp_path):
 def test_config_schema_parses_with_jsonargparse():
     parser = ArgumentParser()
     parser.add_class_arguments(RLHFDataModule, "data")
-    cfg = parser.parse_args(["--data.format=pair", "--data.columns={prompt: question}",
-                             "--data.task_options={carry_forget: 0.5}", "--data.batch_size=8"])
+    cfg = parser.parse_args(
+        [
+            "--data.format=pair",
+            "--data.columns={prompt: question}",
+            "--data.task_options={carry_forget: 0.5}",
+            "--data.batch_size=8",
+        ]
+    )
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, RLHFDataModule)
     assert (dm.format, dm.columns, dm.batch_size) == ("pair", {"prompt": "question"}, 8)
@@ -296,8 +318,9 @@ def test_errors_name_the_file_row_and_column(tmp_path):
     rows = make_rows("pair", 5)
     rows[3]["rejected"] = rows[3]["chosen"]
     path = write(tmp_path / "pairs.csv", rows)
-    assert_untouched_error(RLHFDataModule(dataset=path, format="pair"), "pairs.csv", "row 3",
-                           "chosen == rejected")
+    assert_untouched_error(
+        RLHFDataModule(dataset=path, format="pair"), "pairs.csv", "row 3", "chosen == rejected"
+    )
     rows = make_rows("response", 5)
     rows[2]["reward"] = float("nan")
     path = write(tmp_path / "scored.jsonl", rows)
