@@ -88,6 +88,7 @@ def _reverse_gae(
 
 
 def _macro_gae_torch(rewards, values, mask, segment_ids, gamma, lam, value_agg, reward_agg):
+    """Vectorised torch path: scatter_add aggregates, a loop over K macro steps batched over B."""
     valid = mask.bool()
     rewards, values = rewards.float(), values.float()
     k, start = segment_index(segment_ids, valid)
@@ -104,6 +105,7 @@ def _macro_gae_torch(rewards, values, mask, segment_ids, gamma, lam, value_agg, 
 
 
 def _check(rewards, values, mask, segment_ids, value_agg, reward_agg) -> None:
+    """Shape and option checks with messages that name the offending argument."""
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be (B, T), got shape {tuple(rewards.shape)}")
     for name, t in (("values", values), ("mask", mask), ("segment_ids", segment_ids)):
@@ -239,6 +241,7 @@ if triton is not None:
 
 
 def _macro_gae_triton(rewards, values, mask, segment_ids, gamma, lam, value_agg, reward_agg):
+    """Launch one program per row over a power-of-two block covering all T tokens."""
     B, T = rewards.shape
     adv = torch.zeros((B, T), dtype=torch.float32, device=rewards.device)
     ret = torch.zeros_like(adv)

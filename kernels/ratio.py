@@ -63,6 +63,7 @@ def _ppo_stats(log_ratio, ratio, clipped_active, valid) -> dict[str, torch.Tenso
 
 def _ppo_clip_loss_torch(logprobs, old_logprobs, advantages, mask, clip_low, clip_high,
                          ratio_level, segment_ids, reduction):
+    """Eager torch path in fp32; autograd gives the gradient w.r.t. ``logprobs`` only."""
     valid = mask.bool()
     log_ratio = logprobs.float() - old_logprobs.detach().float()  # (B, T) fp32
     if ratio_level == "segment":
@@ -79,6 +80,7 @@ def _ppo_clip_loss_torch(logprobs, old_logprobs, advantages, mask, clip_low, cli
 
 
 def _check_ppo(logprobs, old_logprobs, advantages, mask, ratio_level, segment_ids, reduction):
+    """Shape and option checks with messages that name the offending argument."""
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be (B, T), got shape {tuple(logprobs.shape)}")
     for name, t in (("old_logprobs", old_logprobs), ("advantages", advantages), ("mask", mask)):
@@ -366,6 +368,7 @@ def _reduce_parts(parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _ppo_clip_loss_triton(logprobs, old_logprobs, advantages, mask, clip_low, clip_high,
                           ratio_level, segment_ids, reduction):
+    """Fused Triton path; the stats come back as one (5,) tensor and are unpacked here."""
     loss, stats = _PPOClipTriton.apply(logprobs, old_logprobs, advantages, mask, segment_ids,
                                        clip_low, clip_high, ratio_level, reduction)
     names = ("clip_frac", "approx_kl", "ratio_mean", "ratio_min", "ratio_max")
