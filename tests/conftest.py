@@ -20,7 +20,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Skip ``gpu``-marked tests where there is no CUDA device (the reason is printed)."""
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device (compiled Triton); runs with -m gpu on a GPU")
+    skip = pytest.mark.skip(
+        reason="needs a CUDA device (compiled Triton); runs with -m gpu on a GPU"
+    )
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

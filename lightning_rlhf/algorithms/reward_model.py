@@ -1,0 +1,67 @@
+"""Reward model: a scalar head on the last real token, trained with the Bradley–Terry loss.
+
+The model is a ``num_labels=1`` Hugging Face sequence classifier, so its export is loadable by
+``AutoModelForSequenceClassification`` and any such classifier can serve as a reward later.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.demo import DemoStage
+from lightning_rlhf.losses import bradley_terry_loss
+from lightning_rlhf.models import load_reward_model, sequence_scores
+
+
+class RewardModel(RLHFModule):
+    """Bradley–Terry reward model on (prompt, chosen, rejected) pairs (data format "pair").
+
+    Args: those of :class:`RLHFModule`; ``policy`` names the backbone (e.g. the SFT export),
+    which gets a fresh scalar head.
+    """
+
+    data_format = "pair"
+    demo_stages = (
+        DemoStage(
+            "reward_model",
+            "reward_model/arithmetic.yaml",
+            order=10,
+            policy_row=False,
+            overrides=("--model.init_args.policy.name_or_path", "{run}/sft/export"),
+            quick=(
+                "--trainer.max_steps",
+                "100",
+                "--trainer.val_check_interval",
+                "50",
+                "--data.num_train",
+                "4000",
+            ),
+        ),
+    )
+
+    def build_policy(self) -> nn.Module:
+        return load_reward_model(self.policy_config, self.tokenizer)
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        input_ids = batch["input_ids"]  # (B, 2, L): chosen, rejected
+        b, n, length = input_ids.shape
+        scores = sequence_scores(
+            self.policy,
+            input_ids.reshape(b * n, length),
+            batch["attention_mask"].reshape(b * n, length),
+        ).view(b, n)  # (B, 2)
+        return bradley_terry_loss(scores[:, 0], scores[:, 1])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss, stats = self._loss(batch)
+        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.count_tokens(batch["attention_mask"])
+        return self.guard_loss(loss)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, stats = self._loss(batch)
+        self.log_stats(
+            "val", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True
+        )

@@ -1,0 +1,56 @@
+"""Supervised fine-tuning: masked next-token NLL on response tokens.
+
+Loss = -sum_{b,t} m_bt log pi(y_bt) / sum_{b,t} m_bt, the token mean over the batch (ALGORITHMS.md
+section 1): long responses weigh more than short ones, as in standard LM training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.demo import DemoStage
+from lightning_rlhf.losses import sft_loss
+from lightning_rlhf.models import response_logprobs
+
+
+class SFT(RLHFModule):
+    """Supervised fine-tuning on prompt/response pairs (data format "response").
+
+    Args: those of :class:`RLHFModule`.
+    """
+
+    data_format = "response"
+    demo_stages = (
+        DemoStage(
+            "sft",
+            "sft/arithmetic.yaml",
+            order=0,
+            quick=(
+                "--trainer.max_steps",
+                "300",
+                "--trainer.val_check_interval",
+                "150",
+                "--data.num_train",
+                "20000",
+            ),
+        ),
+    )
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        logprobs = response_logprobs(
+            self.policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        )
+        return sft_loss(logprobs, batch["response_mask"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss, stats = self._loss(batch)
+        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.count_tokens(batch["attention_mask"])
+        return self.guard_loss(loss)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, stats = self._loss(batch)
+        self.log_stats(
+            "val", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True
+        )

@@ -1,0 +1,195 @@
+"""Build or load Hugging Face models from a typed config: hub name, local path, or ``from_config``.
+
+A :class:`ModelConfig` is what every algorithm's YAML names for its policy (and reward model):
+either ``name_or_path`` (``from_pretrained``) or ``config`` (a tiny model built from scratch, as
+the tests and the demo do), with dtype, gradient checkpointing and optional LoRA through ``peft``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings (needs ``peft``); "all-linear" adapts every linear layer."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to use and how to hold it.
+
+    Args:
+        name_or_path: a local directory or a Hugging Face hub name (``from_pretrained``).
+        config: build from scratch instead: ``{"model_type": "llama", "hidden_size": 128, ...}``;
+            vocabulary size and special-token ids come from the tokenizer.
+        dtype: parameter dtype.
+        gradient_checkpointing: trade compute for activation memory.
+        lora: train a LoRA adapter instead of the full model (the reference is then the base
+            model with the adapter disabled, so no second copy is held).
+        trust_remote_code: passed to ``from_pretrained``.
+        attn_implementation: e.g. "sdpa", "eager", "flash_attention_2"; None lets HF choose.
+    """
+
+    name_or_path: str | None = None
+    config: dict | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _check_source(cfg: ModelConfig) -> None:
+    if (cfg.name_or_path is None) == (cfg.config is None):
+        raise ValueError(
+            "model: set exactly one of `name_or_path` (load) or `config` (build from scratch)"
+        )
+    path = cfg.name_or_path
+    looks_local = path is not None and (path.startswith((".", "/", "~")) or path.count("/") > 1)
+    if looks_local and not Path(path).expanduser().exists():
+        raise FileNotFoundError(
+            f"model: name_or_path {path!r} does not exist (a local path was given)"
+        )
+
+
+def _from_config(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, auto_cls, **kwargs
+) -> PreTrainedModel:
+    options = dict(cfg.config)
+    model_type = options.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("model.config needs a `model_type` (e.g. llama, gpt2, qwen2)")
+    hf_config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **options,
+        **kwargs,
+    )
+    if cfg.attn_implementation:
+        hf_config._attn_implementation = cfg.attn_implementation
+    return auto_cls.from_config(hf_config, dtype=DTYPES[cfg.dtype])
+
+
+def _load(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, auto_cls, **kwargs
+) -> PreTrainedModel:
+    _check_source(cfg)
+    if cfg.config is not None:
+        model = _from_config(cfg, tokenizer, auto_cls, **kwargs)
+    else:
+        extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+        try:
+            model = auto_cls.from_pretrained(
+                cfg.name_or_path,
+                dtype=DTYPES[cfg.dtype],
+                trust_remote_code=cfg.trust_remote_code,
+                **extra,
+                **kwargs,
+                **cfg.extra,
+            )
+        except OSError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise OSError(f"model: could not load {cfg.name_or_path!r}: {first}") from err
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora is not None:
+        model = _add_lora(model, cfg.lora)
+    return model
+
+
+def _add_lora(model: PreTrainedModel, lora: LoraConfig) -> nn.Module:
+    try:
+        import peft
+    except ImportError as err:  # pragma: no cover - exercised only without peft
+        raise ImportError("model.lora needs `peft`: pip install 'lightning-rlhf[lora]'") from err
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="SEQ_CLS" if "SequenceClassification" in type(model).__name__ else "CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, config)
+
+
+def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """Return the causal LM ``cfg`` names (a ``peft`` model when ``cfg.lora`` is set)."""
+    return _load(cfg, tokenizer, AutoModelForCausalLM)
+
+
+def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """Return a scalar-head sequence classifier (``num_labels=1``): ours, or any HF one.
+
+    Loading a causal-LM checkpoint here (e.g. the SFT policy) keeps its backbone and adds a
+    freshly initialised score head.
+    """
+    return _load(cfg, tokenizer, AutoModelForSequenceClassification, num_labels=1)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A detached, eval-mode, gradient-free deep copy (the reference policy)."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def export_pretrained(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | Path,
+    *,
+    merge_lora: bool = True,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` with ``save_pretrained``; ``transformers`` loads them back.
+
+    A LoRA model is merged into its base first when ``merge_lora`` (else the adapter alone is
+    saved, loadable with ``peft``). The directory is written to a temporary sibling and renamed,
+    so a crash never leaves a half-written export behind.
+    """
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if directory.exists():
+        _rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)

@@ -1,0 +1,1 @@
+"""Online RL machinery: rollouts (generation), rewards, KL control, macro-action segmenters."""
