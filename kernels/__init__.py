@@ -6,7 +6,16 @@ memory-lean torch path elsewhere. ``kernels.reference`` holds the fp32 reference
 """
 
 from kernels.logprob import linear_logprobs, sequence_logprobs
-from kernels.macro_gae import macro_gae
-from kernels.ratio import ppo_clip_loss
+from kernels.macro_gae import macro_gae, segment_index
+from kernels.ratio import clamped_importance_weight, p3o_clip_objective, ppo_clip_loss, segment_sum
 
-__all__ = ["linear_logprobs", "macro_gae", "ppo_clip_loss", "sequence_logprobs"]
+__all__ = [
+    "clamped_importance_weight",
+    "linear_logprobs",
+    "macro_gae",
+    "p3o_clip_objective",
+    "ppo_clip_loss",
+    "segment_index",
+    "segment_sum",
+    "sequence_logprobs",
+]
