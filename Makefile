@@ -1,0 +1,24 @@
+# Set-up, demo and tests in one place; the README shows these commands and .ci/run calls `make test`.
+#   make demo   install, then train and compare every algorithm on the embedded task
+#   make test   install, then ruff and the test suite
+# TORCH pins the CPU build of torch this kind of machine's pip finds offline; on a GPU machine
+# run `make test TORCH=` to keep the CUDA build you already have.
+PYTHON ?= python
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test lint bench
+
+install:
+	$(PYTHON) -m pip install --quiet $(TORCH) -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m lightning_rlhf demo
+
+test: install lint
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check .
+
+bench: install
+	$(PYTHON) -m kernels.bench
