@@ -1,0 +1,141 @@
+"""Model loading, LoRA, export and the log-prob / score forward passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lightning_rlhf.data.tasks import get_tokenizer
+from lightning_rlhf.models import (
+    LoraConfig,
+    ModelConfig,
+    export_pretrained,
+    frozen_copy,
+    load_causal_lm,
+    response_logprobs,
+)
+
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer("arithmetic")
+
+
+def _batch(tok):
+    rows = [("12+3=", "15"), ("7+80=", "87"), ("99+99=", "198")]
+    ids = [
+        tok(p).input_ids + tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        for p, r in rows
+    ]
+    plen = [len(tok(p).input_ids) for p, _ in rows]
+    length = max(map(len, ids))
+    input_ids = torch.tensor([x + [tok.pad_token_id] * (length - len(x)) for x in ids])
+    attention = torch.tensor([[1] * len(x) + [0] * (length - len(x)) for x in ids])
+    response = torch.tensor(
+        [[int(p <= t < len(x)) for t in range(length)] for x, p in zip(ids, plen)]
+    )
+    return input_ids, attention, response
+
+
+def _naive_logprobs(model, input_ids, attention, response):
+    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()  # (B, L, V)
+    lp = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]  # (B, L-1)
+    return torch.cat([torch.zeros_like(lp[:, :1]), lp], 1) * response
+
+
+def test_response_logprobs_match_full_logits_and_have_zero_outside_response(tok):
+    torch.manual_seed(0)
+    model = load_causal_lm(ModelConfig(config=TINY), tok)
+    ids, attn, resp = _batch(tok)
+    ours = response_logprobs(model, ids, attn, resp)
+    torch.testing.assert_close(ours, _naive_logprobs(model, ids, attn, resp), atol=1e-5, rtol=1e-5)
+    assert (ours[resp == 0] == 0).all() and (ours[resp == 1] < 0).all()
+    ours.sum().backward()  # gradients flow into the lm_head and the backbone
+    assert model.get_output_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_left_and_right_padding_give_the_same_logprobs(tok):
+    torch.manual_seed(0)
+    model = load_causal_lm(ModelConfig(config=TINY), tok).eval()
+    ids, attn, resp = _batch(tok)
+    shift = attn.shape[1] - attn.sum(1)  # (B,) pad count, moved to the left
+    roll = lambda x: torch.stack([torch.roll(r, int(s)) for r, s in zip(x, shift)])
+    right = response_logprobs(model, ids, attn, resp)
+    left = response_logprobs(model, roll(ids), roll(attn), roll(resp))
+    torch.testing.assert_close(right.sum(1), left.sum(1), atol=1e-5, rtol=1e-5)
+
+
+def test_source_errors_are_one_line(tok, tmp_path):
+    with pytest.raises(ValueError, match="exactly one of"):
+        load_causal_lm(ModelConfig(), tok)
+    with pytest.raises(ValueError, match="exactly one of"):
+        load_causal_lm(ModelConfig(name_or_path="x/y", config=TINY), tok)
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "nope")), tok)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="model_type"):
+        load_causal_lm(ModelConfig(config={"hidden_size": 8}), tok)
+
+
+def test_export_round_trip_and_frozen_copy(tok, tmp_path):
+    torch.manual_seed(0)
+    model = load_causal_lm(ModelConfig(config=TINY), tok)
+    ref = frozen_copy(model)
+    assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
+    path = export_pretrained(model, tok, tmp_path / "export")
+    assert not (tmp_path / "export.tmp").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(path)
+    ids, attn, resp = _batch(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            response_logprobs(loaded, ids, attn, resp),
+            response_logprobs(model.eval(), ids, attn, resp),
+        )
+
+
+def test_lora_trains_only_adapters_and_merges_on_export(tok, tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs peft (the `lora` extra)")
+    torch.manual_seed(0)
+    model = load_causal_lm(
+        ModelConfig(config=TINY, lora=LoraConfig(r=4, alpha=8, dropout=0.0)), tok
+    )
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for n, p in model.named_parameters():  # make the adapter non-trivial
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    ids, attn, resp = _batch(tok)
+    with torch.no_grad():
+        adapted = response_logprobs(model.eval(), ids, attn, resp)
+        with model.disable_adapter():
+            base = response_logprobs(model, ids, attn, resp)
+    assert not torch.allclose(adapted, base), "the adapter should change the log-probs"
+    merged = AutoModelForCausalLM.from_pretrained(
+        export_pretrained(model, tok, tmp_path / "merged")
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            response_logprobs(merged, ids, attn, resp), adapted, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tok):
+    ids, attn, resp = _batch(tok)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = load_causal_lm(ModelConfig(config=TINY, gradient_checkpointing=ckpt), tok).train()
+        response_logprobs(model, ids, attn, resp).sum().backward()
+        grads.append(model.get_input_embeddings().weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
