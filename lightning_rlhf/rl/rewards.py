@@ -1,0 +1,276 @@
+"""Rewards for online RL: Python scorers, reward-model exports, running reward normalisation.
+
+``load_reward("pkg.module:function")`` wraps a scorer ``(prompts, responses) -> list[float]``;
+``load_reward("path/to/export")`` scores prompt + response text with a saved sequence classifier
+(ours or any HF one), re-tokenised with ITS tokenizer. Every scorer returns a (B,) fp32 tensor and
+refuses non-finite scores.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lightning_rlhf.data.collate import pad, tokenize_prompts, tokenize_responses
+from lightning_rlhf.models import ModelConfig, load_reward_model, sequence_scores
+
+
+class RewardFunction(Protocol):
+    """Anything that scores B (prompt, response) texts: returns a (B,) fp32 tensor."""
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor: ...
+
+
+def _check_finite(scores: torch.Tensor, prompts: list[str], source: str) -> torch.Tensor:
+    """Raise a one-line error naming the first sample whose score is NaN or infinite."""
+    bad = torch.nonzero(~torch.isfinite(scores))
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise ValueError(
+            f"reward {source}: non-finite score {scores[i].item()} for sample {i} "
+            f"(prompt {prompts[i][:60]!r})"
+        )
+    return scores
+
+
+def _check_lengths(prompts: list[str], responses: list[str], source: str) -> None:
+    if len(prompts) != len(responses):
+        raise ValueError(f"reward {source}: {len(prompts)} prompts but {len(responses)} responses")
+
+
+class PythonReward:
+    """A ``module:function`` scorer ``(prompts, responses) -> list[float]`` as a RewardFunction.
+
+    Args:
+        fn: the scorer; name: how errors refer to it (the spec string).
+    """
+
+    def __init__(self, fn: Callable[[list[str], list[str]], list[float]], name: str) -> None:
+        self.fn = fn
+        self.name = name
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        _check_lengths(prompts, responses, self.name)
+        out = self.fn(list(prompts), list(responses))
+        try:
+            scores = torch.as_tensor(out, dtype=torch.float32).reshape(-1)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"reward {self.name}: must return a list of floats, got {type(out).__name__}"
+            ) from err
+        if scores.numel() != len(prompts):
+            raise ValueError(
+                f"reward {self.name}: returned {scores.numel()} scores for {len(prompts)} samples"
+            )
+        return _check_finite(scores, prompts, self.name)
+
+
+class RewardModelScorer:
+    """Score prompt + response texts with a ``num_labels=1`` sequence classifier.
+
+    Texts are tokenised as the data module does for training the reward model: the prompt with
+    special tokens (e.g. BOS), then the response without, then EOS; right-padded; the score is
+    read at the last real token (``sequence_scores``). Runs in eval mode without gradients.
+
+    Args:
+        model: the classifier; tokenizer: ITS tokenizer; name: for error messages.
+        device: where to score; batch_size: samples per forward pass.
+        max_prompt_length, max_response_length: truncation (prompt keeps its end).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "reward model",
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        max_prompt_length: int = 1024,
+        max_response_length: int = 1024,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_prompt_length = max_prompt_length
+        self.max_response_length = max_response_length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> RewardModelScorer:
+        """Move the reward model (e.g. to the policy's device in ``setup``)."""
+        self.model.to(device)
+        return self
+
+    def encode(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) right-padded input_ids and attention_mask of prompt + response + EOS."""
+        tok = self.tokenizer
+        p = tokenize_prompts(prompts, tok, self.max_prompt_length)
+        r = tokenize_responses(responses, tok, self.max_response_length)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return pad([a + b for a, b in zip(p, r)], pad_id, left=False)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        _check_lengths(prompts, responses, self.name)
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            ids, mask = self.encode(
+                prompts[i : i + self.batch_size], responses[i : i + self.batch_size]
+            )
+            out.append(sequence_scores(self.model, ids.to(self.device), mask.to(self.device)))
+        scores = torch.cat(out).float().cpu() if out else torch.zeros(0)
+        return _check_finite(scores, prompts, self.name)
+
+
+def _load_python(spec: str) -> PythonReward:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"reward spec {spec!r}: expected 'module:function' or a directory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(
+            f"reward spec {spec!r}: cannot import module {module_name!r}: {err}"
+        ) from err
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise AttributeError(f"reward spec {spec!r}: module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise TypeError(f"reward spec {spec!r}: {attr!r} is not callable")
+    return PythonReward(fn, spec)
+
+
+def _load_model(
+    path: Path, tokenizer: PreTrainedTokenizerBase | None, **kwargs: object
+) -> RewardModelScorer:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"reward spec {str(path)!r}: no config.json (not a model export)")
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"reward spec {str(path)!r}: no loadable tokenizer in the export "
+                f"(pass tokenizer=): {str(err).splitlines()[0] if str(err) else err}"
+            ) from err
+    model = load_reward_model(ModelConfig(name_or_path=str(path)), tokenizer)
+    return RewardModelScorer(model, tokenizer, name=str(path), **kwargs)
+
+
+def load_reward(
+    spec: str,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    **options: object,
+) -> RewardFunction:
+    """Build a reward function from a spec string.
+
+    Args:
+        spec: "module:function" (a Python scorer returning list[float], e.g.
+            "lightning_rlhf.data.tasks.arithmetic:reward") or a directory holding a sequence
+            classifier export (``config.json`` + weights + usually its tokenizer).
+        tokenizer: the reward model's tokenizer when the export has none (ignored for scorers).
+        device, batch_size: where and in what chunks a reward model scores.
+        options: more :class:`RewardModelScorer` keywords (max_prompt_length, ...).
+    Returns:
+        a callable ``(prompts, responses) -> (B,) fp32 tensor``.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"reward spec must be a non-empty string, got {spec!r}")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_model(path, tokenizer, device=device, batch_size=batch_size, **options)
+    looks_like_path = spec.startswith((".", "/", "~")) or ("/" in spec and ":" not in spec)
+    if looks_like_path:
+        raise FileNotFoundError(f"reward spec {spec!r}: no such directory")
+    return _load_python(spec)
+
+
+class RunningMoments:
+    """Running mean and standard deviation of a stream of rewards (Chan et al. parallel merge).
+
+    ``std`` is the unbiased (n - 1) sample standard deviation of everything seen, and 1.0
+    before two values have been seen. In multi-process training, gather the rewards of all
+    ranks before ``update`` so every rank holds the same moments.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self._m2 = 0.0  # sum of squared deviations from the mean
+
+    @property
+    def var(self) -> float:
+        return self._m2 / (self.count - 1) if self.count > 1 else 1.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch of values. x: (B,) (any shape; all entries count); must be finite."""
+        x = x.detach().double().reshape(-1)
+        if x.numel() == 0:
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("RunningMoments.update: non-finite value in the batch")
+        n, mean = x.numel(), float(x.mean())
+        m2 = float((x - mean).square().sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self._m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self._m2}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.count = int(state["count"])
+        self.mean = float(state["mean"])
+        self._m2 = float(state["m2"])
+
+
+def normalize_rewards(
+    rewards: torch.Tensor,
+    moments: RunningMoments | None,
+    *,
+    clip: float | None,
+    scale_only: bool = True,
+    update: bool = True,
+) -> torch.Tensor:
+    """Normalise by running moments, then clip (trlx / P3O: divide by a running std, clip ±10).
+
+    Args:
+        rewards: (B,) scores.
+        moments: running statistics, first updated with ``rewards`` when ``update``; None
+            skips normalisation.
+        clip: clip the (normalised) rewards to [-clip, clip]; None: no clipping.
+        scale_only: divide by the running std only (keeps the sign and any per-prompt
+            structure); False also subtracts the running mean.
+    Returns:
+        (B,) fp32.
+    """
+    r = rewards.detach().float()
+    if moments is not None:
+        if update:
+            moments.update(r)
+        std = max(moments.std, 1e-8)
+        r = r / std if scale_only else (r - moments.mean) / std
+    if clip is not None:
+        r = r.clamp(-clip, clip)
+    return r
