@@ -90,7 +90,22 @@ class RLHFModule(L.LightningModule):
         """Build the policy once (Lightning calls this under the strategy's init context)."""
         if self.policy is None:
             self.policy = self.build_policy()
+            self._check_context_length()
             self.build_frozen()
+
+    def _check_context_length(self) -> None:
+        """Refuse data whose prompt + response limits exceed the model's context window."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        config = getattr(self.policy, "config", None)
+        limit = getattr(config, "max_position_embeddings", None)
+        if datamodule is None or not isinstance(limit, int):
+            return
+        needed = datamodule.max_prompt_length + datamodule.max_response_length
+        if needed > limit:
+            raise ValueError(
+                f"data.max_prompt_length + data.max_response_length = {needed} exceeds the model's "
+                f"context of {limit} tokens (max_position_embeddings): lower them"
+            )
 
     def build_policy(self) -> nn.Module:
         return load_causal_lm(self.policy_config, self.tokenizer)

@@ -42,3 +42,9 @@ def test_sft_refuses_pair_data(tmp_path):
         ValueError, match=r"SFT needs data.format='response' but the data module has format='pair'"
     ):
         run_fit("sft/arithmetic.yaml", tmp_path, *tiny_policy(), "--data.format", "pair", steps=1)
+
+
+def test_sequences_longer_than_the_model_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"= 72 exceeds the model's context of 64 tokens"):
+        too_long = ["--data.max_prompt_length", "64"]
+        run_fit("sft/arithmetic.yaml", tmp_path, *tiny_policy(), *too_long, steps=1)
