@@ -1,0 +1,143 @@
+"""KL estimators by hand, PPO token rewards on left/right-padded rows, the KL controllers and the
+KLController callback (beta handed over, updated from the rollout KL, saved and resumed)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_rlhf.callbacks.kl_controller import KLController
+from lightning_rlhf.rl.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_penalty,
+    sequence_kl,
+    token_level_rewards,
+)
+
+LP = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -1.2, 7.0]])
+REF = torch.tensor([[-1.2, -0.4, -2.5], [-0.2, -1.0, 9.0]])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+@pytest.mark.parametrize("kind", ["k1", "k2", "k3"])
+def test_kl_kinds_by_hand(kind):
+    formulas = {
+        "k1": lambda lp, ref: lp - ref,
+        "k2": lambda lp, ref: 0.5 * (lp - ref) ** 2,
+        "k3": lambda lp, ref: math.exp(ref - lp) - (ref - lp) - 1,
+    }
+    want = torch.zeros(2, 3)
+    for b in range(2):
+        for t in range(3):
+            if MASK[b, t]:
+                want[b, t] = formulas[kind](LP[b, t].item(), REF[b, t].item())
+    got = kl_penalty(LP, REF, MASK, kind)
+    torch.testing.assert_close(got, want)
+    assert got[1, 2] == 0  # masked garbage never leaks
+    if kind == "k1":
+        torch.testing.assert_close(got[0], torch.tensor([0.2, -0.1, 0.5]))
+    if kind == "k3":
+        assert bool((got >= 0).all())
+
+
+def test_k3_gradient_by_hand():
+    lp = LP.clone().requires_grad_(True)
+    kl_penalty(lp, REF, MASK, "k3").sum().backward()
+    want = (1 - torch.exp(REF - LP)) * MASK  # d/dlp [exp(ref - lp) - (ref - lp) - 1]
+    torch.testing.assert_close(lp.grad, want)
+
+
+def test_sequence_kl_is_masked_sum_of_k1():
+    torch.testing.assert_close(sequence_kl(LP, REF, MASK), torch.tensor([0.6, -0.3]))
+
+
+def test_kl_errors():
+    with pytest.raises(ValueError, match="kind"):
+        kl_penalty(LP, REF, MASK, "k4")
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        kl_penalty(LP, REF[:, :2], MASK)
+
+
+def test_token_level_rewards_score_on_last_token_left_and_right_padding():
+    lp = torch.tensor([[-1.0, -0.5, -2.0, 0.0], [0.0, -0.3, -1.2, -0.7], [0.0] * 4])
+    ref = torch.tensor([[-1.2, -0.4, -2.5, 3.0], [5.0, -0.2, -1.0, -0.7], [0.0] * 4])
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]])  # right, left, empty
+    scores = torch.tensor([1.0, 2.0, 3.0])
+    got = token_level_rewards(scores, lp, ref, mask, beta=0.1)
+    want = torch.tensor(
+        [
+            [-0.02, 0.01, -0.05 + 1.0, 0.0],
+            [0.0, 0.01, 0.02, -0.0 + 2.0],
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="scores"):
+        token_level_rewards(scores[:2], lp, ref, mask, beta=0.1)
+
+
+def test_adaptive_controller_moves_beta_the_right_way_and_round_trips():
+    ctl = AdaptiveKLController(init_beta=0.1, target=6.0, horizon=1000)
+    ctl.update(12.0, n_steps=100)  # KL too high -> error clipped to 0.2 -> beta * 1.02
+    assert ctl.beta == pytest.approx(0.1 * 1.02)
+    ctl.update(3.0, n_steps=100)  # KL too low -> error -0.5 clipped to -0.2 -> beta * 0.98
+    assert ctl.beta == pytest.approx(0.1 * 1.02 * 0.98)
+    ctl.update(6.6, n_steps=500)  # error 0.1 -> beta * 1.05
+    assert ctl.beta == pytest.approx(0.1 * 1.02 * 0.98 * 1.05)
+    other = AdaptiveKLController(init_beta=0.5, target=6.0, horizon=1000)
+    other.load_state_dict(ctl.state_dict())
+    assert other.beta == ctl.beta
+    fixed = FixedKLController(0.05)
+    fixed.update(100.0, 1000)
+    assert fixed.beta == 0.05
+    with pytest.raises(ValueError, match="current_kl"):
+        ctl.update(float("nan"), 1)
+
+
+class _RolloutModule(L.LightningModule):
+    """Pretends to roll out: reports a sequence KL of 10 (above target) every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.seen_betas: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen_betas.append(self.kl_beta)
+        self.last_rollout_kl = 10.0
+        self.last_rollout_size = 500
+        return self.layer(batch[0]).sum()
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 2)))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _fit(root, steps, ckpt_path=None):
+    module = _RolloutModule()
+    cb = KLController(init_beta=0.1, target=5.0, horizon=1000)
+    trainer = L.Trainer(
+        max_steps=steps, default_root_dir=root, callbacks=[cb], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return module, cb, trainer
+
+
+def test_kl_controller_callback_updates_saves_and_resumes(tmp_path):
+    module, cb, trainer = _fit(tmp_path, steps=3)
+    factor = 1 + 0.2 * 500 / 1000  # KL 10 vs target 5: error clipped to 0.2
+    assert module.seen_betas == pytest.approx([0.1, 0.1 * factor, 0.1 * factor**2])
+    assert cb.beta == pytest.approx(0.1 * factor**3)
+    assert module.last_rollout_kl is None  # consumed
+    ckpt = tmp_path / "three.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed, cb2, _ = _fit(tmp_path, steps=4, ckpt_path=ckpt)
+    assert resumed.seen_betas == pytest.approx([0.1 * factor**3])
+    assert cb2.beta == pytest.approx(0.1 * factor**4)
