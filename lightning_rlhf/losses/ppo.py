@@ -46,13 +46,13 @@ def value_loss(
                 f"got {tuple(t.shape)}"
             )
     valid = mask.bool()
-    v = values.float()
-    ret = returns.detach().float()
+    v = torch.where(valid, values.float(), 0.0)  # padding garbage (even inf) never reaches grads
+    ret = torch.where(valid, returns.detach().float(), 0.0)
     unclipped = (v - ret).square()
     if clip is None:
         per_token, clipped_active = unclipped, torch.zeros_like(valid)
     else:
-        old = old_values.detach().float()
+        old = torch.where(valid, old_values.detach().float(), 0.0)
         v_clipped = old + (v - old).clamp(-clip, clip)
         clipped = (v_clipped - ret).square()
         per_token, clipped_active = torch.maximum(unclipped, clipped), clipped > unclipped

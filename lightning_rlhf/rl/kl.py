@@ -44,7 +44,8 @@ def kl_penalty(
         (B, T) fp32.
     """
     _check_same_shape(logprobs, ref_logprobs=ref_logprobs, mask=mask)
-    d = logprobs.float() - ref_logprobs.float()
+    valid = mask.bool()
+    d = torch.where(valid, logprobs.float() - ref_logprobs.float(), 0.0)  # no NaN grads from pads
     if kind == "k1":
         kl = d
     elif kind == "k2":
@@ -53,7 +54,7 @@ def kl_penalty(
         kl = torch.expm1(-d) + d
     else:
         raise ValueError(f"kl_penalty: kind must be 'k1', 'k2' or 'k3', got {kind!r}")
-    return torch.where(mask.bool(), kl, 0.0)
+    return torch.where(valid, kl, 0.0)
 
 
 def sequence_kl(
@@ -103,6 +104,9 @@ def token_level_rewards(
             f"token_level_rewards: scores must be (B,) = ({logprobs.shape[0]},), "
             f"got {tuple(scores.shape)}"
         )
+    if not bool(torch.isfinite(scores).all()):
+        bad = int(torch.nonzero(~torch.isfinite(scores))[0, 0])
+        raise ValueError(f"token_level_rewards: non-finite score {scores[bad].item()} in row {bad}")
     rewards = -beta * kl_penalty(logprobs, ref_logprobs, mask, kind)  # (B, T)
     last = last_token_index(mask)  # (B,)
     rows = torch.nonzero(last >= 0).squeeze(1)

@@ -58,3 +58,13 @@ def test_masked_whiten():
     assert out[0, 3] == 0
     scaled = masked_whiten(x, mask, shift_mean=False)
     np.testing.assert_allclose(scaled[0, :3].numpy(), [1, 2, 3] / np.sqrt(2 / 3 + 1e-8), rtol=1e-6)
+
+
+def test_value_loss_ignores_infinite_padding():
+    v = torch.tensor([[0.5, float("inf")]], requires_grad=True)
+    old = torch.tensor([[0.4, float("nan")]])
+    ret = torch.tensor([[1.0, float("-inf")]])
+    loss, _ = value_loss(v, old, ret, torch.tensor([[1, 0]]))
+    loss.backward()
+    assert loss.item() == pytest.approx(0.125)
+    torch.testing.assert_close(v.grad, torch.tensor([[-0.5, 0.0]]))

@@ -141,3 +141,16 @@ def test_kl_controller_callback_updates_saves_and_resumes(tmp_path):
     resumed, cb2, _ = _fit(tmp_path, steps=4, ckpt_path=ckpt)
     assert resumed.seen_betas == pytest.approx([0.1 * factor**3])
     assert cb2.beta == pytest.approx(0.1 * factor**4)
+
+
+@pytest.mark.parametrize("kind", ["k1", "k2", "k3"])
+def test_infinite_padding_gives_finite_gradients(kind):
+    lp = torch.tensor([[-1.0, float("-inf")]], requires_grad=True)
+    ref = torch.tensor([[-2.0, float("inf")]])
+    kl_penalty(lp, ref, torch.tensor([[1, 0]]), kind).sum().backward()
+    assert bool(torch.isfinite(lp.grad).all()) and lp.grad[0, 1] == 0
+
+
+def test_token_level_rewards_refuses_nan_scores():
+    with pytest.raises(ValueError, match="non-finite score nan in row 1"):
+        token_level_rewards(torch.tensor([0.0, float("nan")]), LP, REF, MASK, beta=0.1)
