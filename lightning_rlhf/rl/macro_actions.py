@@ -193,11 +193,12 @@ def segment_punctuation(
         raise ValueError("segment(rule='punctuation') needs tokenizer=")
     texts = _token_texts(tokenizer, response_ids[valid])
     ends = tuple(punctuation)
-    table = {i: bool(t) and t.endswith(ends) for i, t in texts.items()}
-    is_end = torch.zeros(valid.shape, dtype=torch.bool)
-    for (row, col), token in zip(valid.nonzero().tolist(), response_ids[valid].tolist()):
-        is_end[row, col] = table[token]
-    prev_end, has_prev = _previous_valid(is_end.to(valid.device), valid)
+    table = torch.zeros(max(texts, default=0) + 1, dtype=torch.bool)  # id -> ends a macro
+    for i, text in texts.items():
+        table[i] = text.endswith(ends)
+    ids = response_ids.clamp(min=0, max=table.numel() - 1).cpu()
+    is_end = valid & table[ids].to(valid.device)  # (B, T)
+    prev_end, has_prev = _previous_valid(is_end, valid)
     return valid & has_prev & prev_end
 
 

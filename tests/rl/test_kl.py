@@ -124,7 +124,8 @@ def _fit(root, steps, ckpt_path=None):
     cb = KLController(init_beta=0.1, target=5.0, horizon=1000)
     trainer = L.Trainer(
         max_steps=steps, default_root_dir=root, callbacks=[cb], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
     )  # fmt: skip
     trainer.fit(module, ckpt_path=ckpt_path)
     return module, cb, trainer
