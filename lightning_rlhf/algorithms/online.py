@@ -1,0 +1,370 @@
+"""The shared on-policy loop of PPO, MA-PPO, P3O, RLOO, ReMax and GRPO (manual optimisation).
+
+One training step = one rollout batch: sample K responses per prompt (``rl.rollout.generate``),
+score them (``rl.rewards``), take old-policy and reference log-probs once
+(``models.response_logprobs``), compute the algorithm's advantages, then ``ppo_epochs`` epochs
+of shuffled minibatch updates with gradient accumulation, clipping and a NaN guard.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_rlhf.algorithms.base import RLHFModule, Schedule, lr_lambda
+from lightning_rlhf.models import ModelConfig, frozen_copy, response_logprobs
+from lightning_rlhf.rl.buffer import Experience, minibatch_rows
+from lightning_rlhf.rl.kl import kl_penalty, sequence_kl
+from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
+from lightning_rlhf.rl.rollout import Rollout, generate
+
+ARITHMETIC_REWARD = "lightning_rlhf.data.tasks.arithmetic:reward"
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str, device: torch.device):
+    """Add the wall time of the block to ``timings[name]`` (synchronising CUDA first)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _mean_stats(stats: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Average a list of stats dicts key by key."""
+    keys = stats[0].keys() if stats else ()
+    return {k: torch.stack([torch.as_tensor(s[k]).float() for s in stats]).mean() for k in keys}
+
+
+class OnlineRLModule(RLHFModule):
+    """Base of the online algorithms (data format "prompt"); subclasses implement
+    :meth:`compute_advantages` and :meth:`loss`.
+
+    ``trainer.global_step`` counts optimiser steps (Lightning's rule under manual optimisation):
+    one rollout batch gives ``ppo_epochs * ceil(minibatches / grad_accum)`` of them.
+
+    Args:
+        policy: the policy to train (usually the SFT export); the reference is a frozen copy
+            (or, with LoRA, the same model with its adapter disabled).
+        reward: a scorer ``module:function`` or a reward-model export directory.
+        samples_per_prompt: K responses sampled per prompt.
+        max_new_tokens, temperature, top_p, top_k: sampling options of the rollout; log-probs
+            (old, reference and current) are taken at the same temperature.
+        ppo_epochs: passes over each rollout batch.
+        minibatch_size: sequences per minibatch (whole groups of K); None: the whole batch.
+        grad_accum: minibatches per optimiser step.
+        max_grad_norm: gradient-norm clip (None: no clipping).
+        kl_beta: KL coefficient to the reference (the ``KLController`` callback may adapt it).
+        reward_clip: clip the (normalised) rewards to [-c, c]; None: no clipping.
+        normalize_reward: divide rewards by a running standard deviation (checkpointed).
+        seed: seed of the minibatch shuffles (mixed with the global step).
+        lr, weight_decay, betas, warmup_steps, schedule, max_nonfinite_steps: see RLHFModule.
+    """
+
+    data_format = "prompt"
+    frozen_modules = ("reference",)
+
+    def __init__(
+        self,
+        policy: ModelConfig,
+        reward: str = ARITHMETIC_REWARD,
+        samples_per_prompt: int = 1,
+        max_new_tokens: int = 16,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        ppo_epochs: int = 1,
+        minibatch_size: int | None = None,
+        grad_accum: int = 1,
+        max_grad_norm: float | None = 1.0,
+        kl_beta: float = 0.05,
+        reward_clip: float | None = None,
+        normalize_reward: bool = False,
+        seed: int = 0,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        schedule: Schedule = "constant",
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        super().__init__(
+            policy,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            schedule=schedule,
+            max_nonfinite_steps=max_nonfinite_steps,
+        )
+        _check_positive(
+            samples_per_prompt=samples_per_prompt,
+            max_new_tokens=max_new_tokens,
+            ppo_epochs=ppo_epochs,
+            grad_accum=grad_accum,
+        )
+        if temperature <= 0:
+            raise ValueError(f"{type(self).__name__}: temperature must be > 0, got {temperature}")
+        self.automatic_optimization = False
+        self.kl_beta = float(kl_beta)
+        self.last_rollout_kl = 0.0
+        self.reference: nn.Module | None = None
+        self.reward_moments = RunningMoments() if normalize_reward else None
+        self._reward_fn: Any = None
+
+    @property
+    def group_size(self) -> int:
+        """K, the responses sampled per prompt."""
+        return self.hparams.samples_per_prompt
+
+    # --- set-up -------------------------------------------------------------------------------
+    def build_frozen(self) -> None:
+        """The reference: a frozen copy of the initial policy (none with LoRA: adapter off)."""
+        if self.policy_config.lora is None:
+            self.reference = frozen_copy(self.policy)
+
+    @property
+    def reward_fn(self):
+        """The reward callable ``(prompts, responses) -> (B,)``, built on first use on our device
+        (kept out of ``nn.Module`` registration, so it is never trained or checkpointed)."""
+        if self._reward_fn is None:
+            self._reward_fn = load_reward(self.hparams.reward, tokenizer=None, device=self.device)
+        return self._reward_fn
+
+    def trainable_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; PPO adds the critic's with its own learning rate."""
+        return [{"params": [p for p in self.policy.parameters() if p.requires_grad]}]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            self.trainable_groups(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas)
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(hp.schedule, hp.warmup_steps, total)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # --- rollout ------------------------------------------------------------------------------
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, **kw: Any) -> Rollout:
+        """Sample one response per (already repeated) prompt with the configured options."""
+        hp = self.hparams
+        options = dict(
+            max_new_tokens=hp.max_new_tokens,
+            do_sample=True,
+            temperature=hp.temperature,
+            top_p=hp.top_p,
+            top_k=hp.top_k,
+        )
+        options.update(kw)
+        return generate(self.policy, self.tokenizer, prompt_ids, prompt_mask, **options)
+
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """Raw rewards: (B,) fp32 on our device."""
+        return self.reward_fn(prompts, responses).to(self.device, torch.float32)
+
+    def logprobs(
+        self, model: nn.Module, exp: Experience, *, entropy: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(N, T) response log-probs of ``exp`` under ``model`` at the sampling temperature (and
+        the (N, T) entropy with ``entropy``); gradients flow if enabled."""
+        out = response_logprobs(
+            model,
+            exp.input_ids,
+            exp.attention_mask,
+            exp.response_mask_full(),
+            temperature=self.hparams.temperature,
+            return_entropy=entropy,
+        )
+        p = exp.prompt_length
+        return tuple(o[:, p:] for o in out) if entropy else out[:, p:]  # (N, T)
+
+    def reference_logprobs(self, exp: Experience) -> torch.Tensor:
+        """(N, T) log pi_ref of the responses (the LoRA base when there is no reference copy)."""
+        if self.reference is not None:
+            return self.logprobs(self.reference, exp)
+        with self.policy.disable_adapter():
+            return self.logprobs(self.policy, exp)
+
+    @torch.no_grad()
+    def collect(self, batch: dict, timings: dict[str, float]) -> Experience:
+        """Roll out, score and take old/reference log-probs for a batch of prompts.
+
+        Args:
+            batch: prompt batch: prompt_input_ids / prompt_attention_mask (G, P), prompt list.
+        Returns:
+            the :class:`Experience` of the G * K responses (advantages not yet computed).
+        """
+        k = self.group_size
+        prompt_ids = batch["prompt_input_ids"].repeat_interleave(k, dim=0)  # (N, P)
+        prompt_mask = batch["prompt_attention_mask"].repeat_interleave(k, dim=0)
+        prompts = [p for p in batch["prompt"] for _ in range(k)]
+        with timed(timings, "generate", self.device):
+            rollout = self.sample(prompt_ids, prompt_mask)
+        with timed(timings, "score", self.device):
+            raw = self.score(prompts, rollout.responses)  # (N,)
+        input_ids, attention_mask, _ = rollout.sequences()  # (N, P + T)
+        exp = Experience(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            prompt_length=prompt_ids.shape[1],
+            response_ids=rollout.response_ids,
+            mask=rollout.response_mask,
+            old_logprobs=torch.empty(0),
+            ref_logprobs=torch.empty(0),
+            scores=raw,
+            group_size=k,
+            extra={"prompts": prompts, "responses": rollout.responses, "raw_scores": raw},
+        )
+        with timed(timings, "logprobs", self.device):
+            exp.old_logprobs, entropy = self.logprobs(self.policy, exp, entropy=True)
+            exp.ref_logprobs = self.reference_logprobs(exp)
+        exp.scores = normalize_rewards(
+            raw, self.reward_moments, clip=self.hparams.reward_clip, scale_only=True
+        )
+        self._log_rollout(exp, entropy)
+        return exp
+
+    def _log_rollout(self, exp: Experience, entropy: torch.Tensor) -> None:
+        """Reward, KL (k1 and k3 per sequence), entropy and length of the rollout."""
+        mask = exp.mask
+        seq_kl = sequence_kl(exp.old_logprobs, exp.ref_logprobs, mask)  # (N,)
+        k3 = kl_penalty(exp.old_logprobs, exp.ref_logprobs, mask, "k3").sum(-1)  # (N,)
+        self.last_rollout_kl = float(seq_kl.mean())
+        raw = exp.extra["raw_scores"]
+        stats = {
+            "reward": raw.mean(),
+            "reward_std": raw.std() if raw.numel() > 1 else raw.new_zeros(()),
+            "score": exp.scores.mean(),
+            "kl_k1": seq_kl.mean(),
+            "kl_k3": k3.mean(),
+            "kl_beta": self.kl_beta,
+            "entropy": (entropy * mask).sum() / mask.sum().clamp(min=1),
+            "response_length": mask.sum(-1).float().mean(),
+        }
+        self.log_stats("rollout", stats, prog_bar=False, batch_size=exp.num_rows)
+
+    # --- the algorithm ------------------------------------------------------------------------
+    def compute_advantages(self, exp: Experience, timings: dict[str, float]) -> None:
+        """Fill ``exp.advantages`` (and returns / values where the algorithm has a critic)."""
+        raise NotImplementedError
+
+    def loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The minibatch loss (with grad) and detached stats."""
+        raise NotImplementedError
+
+    # --- optimisation -------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        timings: dict[str, float] = {}
+        exp = self.collect(batch, timings)
+        with timed(timings, "advantages", self.device):
+            self.compute_advantages(exp, timings)
+        with timed(timings, "update", self.device):
+            stats = self.update(exp)
+        if stats:
+            self.log_stats("train", stats, prog_bar=True, batch_size=exp.num_rows)
+        self.log_stats("time", timings, batch_size=exp.num_rows)
+        self.count_tokens(exp.attention_mask)
+
+    def update(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """``ppo_epochs`` epochs of shuffled minibatches, ``grad_accum`` minibatches per step.
+
+        Returns:
+            the stats of every minibatch, averaged.
+        """
+        hp = self.hparams
+        size = hp.minibatch_size or exp.num_rows
+        generator = torch.Generator().manual_seed(hp.seed * 1_000_003 + self.global_step)
+        stats: list[dict[str, torch.Tensor]] = []
+        for _ in range(hp.ppo_epochs):
+            batches = minibatch_rows(exp.num_groups, exp.group_size, size, generator)
+            for start in range(0, len(batches), hp.grad_accum):
+                stats += self.optimizer_step(exp, batches[start : start + hp.grad_accum])
+        return _mean_stats(stats)
+
+    def optimizer_step(
+        self, exp: Experience, group: list[torch.Tensor]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Accumulate the gradients of ``group``'s minibatches (each weighted by its share of the
+        rows), clip, step the optimiser and the lr schedule. A non-finite loss or gradient skips
+        the whole step (counted by ``guard_loss``)."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        total = sum(len(rows) for rows in group)
+        stats, ok = [], True
+        for rows in group:
+            device_rows = rows.to(exp.input_ids.device)
+            loss, mb_stats = self.loss(exp.select(device_rows))
+            loss = self.guard_loss(loss)
+            if loss is None:
+                ok = False
+                break
+            self.manual_backward(loss * (len(rows) / total))
+            stats.append(mb_stats)
+        if ok and self.hparams.max_grad_norm is not None:
+            self.clip_gradients(
+                opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+        if ok and self.guard_loss(self._grad_norm()) is not None:
+            opt.step()
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+        return stats
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the current gradients (after clipping)."""
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        return torch.stack(grads).norm() if grads else torch.zeros(())
+
+    # --- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Greedy responses to the validation prompts: mean reward and length."""
+        rollout = self.sample(
+            batch["prompt_input_ids"], batch["prompt_attention_mask"], do_sample=False
+        )
+        rewards = self.score(batch["prompt"], rollout.responses)
+        stats = {
+            "reward": rewards.mean(),
+            "response_length": rollout.response_mask.sum(-1).float().mean(),
+        }
+        self.log_stats("val", stats, prog_bar=True, batch_size=len(rewards), sync_dist=True)
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["online"] = {
+            "kl_beta": self.kl_beta,
+            "reward_moments": self.reward_moments.state_dict() if self.reward_moments else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("online", {})
+        self.kl_beta = float(state.get("kl_beta", self.kl_beta))
+        if self.reward_moments is not None and state.get("reward_moments"):
+            self.reward_moments.load_state_dict(state["reward_moments"])
+
+
+def _check_positive(**values: int) -> None:
+    """One-line error for the first non-positive count."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"online RL: {name} must be >= 1, got {value}")
+
+
+def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """l(y|x): the masked sum of (N, T) token log-probs -> (N,)."""
+    return torch.where(mask.bool(), logprobs, 0.0).sum(-1)
