@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e import run_fit, tiny_policy
+from tests.algorithms.e2e import run_fit, tiny_policy
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from e2e import run_fit
+from tests.algorithms.e2e import run_fit
 from transformers import AutoModelForSequenceClassification
 
 from lightning_rlhf.losses import bradley_terry_loss

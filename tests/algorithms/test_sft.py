@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from e2e import run_fit, tiny_policy
+from tests.algorithms.e2e import run_fit, tiny_policy
 from transformers import AutoModelForCausalLM
 
 from lightning_rlhf.models import response_logprobs
