@@ -16,9 +16,17 @@ from kernels._backend import resolve_backend
 
 # Rows per chunk of the torch path: bounds its fp32 temporaries to ~chunk * V * 4 bytes each.
 _TORCH_CHUNK_ELEMS = 1 << 22
+# Floor for log p where logits are -inf: exp gives 0 either way, and products stay finite.
+_LOGP_FLOOR = -1e30
 
 
 # --- torch row ops: one chunk of rows (R, V) -----------------------------------------------------
+
+
+def _scaled_fp32(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """x / temperature in fp32; x itself (read-only!) when it is fp32 and temperature is 1."""
+    z = x.float()  # (R, V) fp32: a copy only when x is bf16/fp16
+    return z if temperature == 1.0 else z / temperature
 
 
 def _torch_rows_fwd(
@@ -27,18 +35,20 @@ def _torch_rows_fwd(
     """Log-prob, logsumexp and entropy of one chunk. x (R, V) any dtype/strides; tgt (R,).
 
     Returns fp32 (R,) tensors: logp (0 where ignored), lse, entropy (0 where ignored) or None.
+    Uses log_softmax (one fused pass; torch.logsumexp is several times slower on CPU) and reads
+    lse = max - log_softmax[argmax] off it.
     """
-    z = x.float() / temperature  # (R, V) fp32, one chunk only
-    lse = torch.logsumexp(z, dim=-1)  # (R,)
+    z = _scaled_fp32(x, temperature)  # (R, V)
+    ls = torch.log_softmax(z, dim=-1)  # (R, V) log p
     valid = tgt != ignore_index
-    safe = torch.where(valid, tgt, 0).long()
-    logp = z.gather(1, safe[:, None]).squeeze(1) - lse  # (R,)
-    logp = torch.where(valid, logp, 0.0)
+    safe = torch.where(valid, tgt, 0).long()[:, None]  # (R, 1)
+    logp = torch.where(valid, ls.gather(1, safe).squeeze(1), 0.0)
+    zmax, imax = z.max(dim=-1)  # (R,), (R,)
+    lse = zmax - ls.gather(1, imax[:, None]).squeeze(1)
     ent = None
     if want_entropy:
-        z.sub_(lse[:, None])  # (R, V) now log p
-        plogp = torch.where(z > float("-inf"), z.exp() * z, 0.0)  # (R, V)
-        ent = torch.where(valid, -plogp.sum(-1), 0.0)
+        ls.clamp_(min=_LOGP_FLOOR)  # -inf logits: p = 0 and p log p = 0, not NaN
+        ent = torch.where(valid, -(ls.exp().mul_(ls)).sum(-1), 0.0)
     return logp, lse, ent
 
 
@@ -51,23 +61,31 @@ def _torch_rows_bwd(
     g_ent: torch.Tensor | None,
     temperature: float,
     ignore_index: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """d(loss)/d(x) for one chunk, in x's dtype. x (R, V); tgt, lse, ent, g_lp, g_ent (R,).
+    """d(loss)/d(x) for one chunk into ``out`` (R, V) (x's dtype; may alias x) or a new tensor.
 
-    dlogp/dz = onehot - p;  dH/dz = -p (log p + H);  z = x / temperature.
+    x (R, V); tgt, lse, ent, g_lp, g_ent (R,). With z = x / temperature and p = softmax(z):
+    dlogp/dz = onehot - p;  dH/dz = -p (log p + H). For fp32 x the work happens in ``out``.
     """
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
     valid = tgt != ignore_index
-    g_lp = torch.where(valid, g_lp.float(), 0.0)
-    logp = x.float() / temperature - lse[:, None]  # (R, V) fp32
-    p = logp.exp()  # (R, V)
-    grad = p * (-g_lp[:, None])  # (R, V)
+    g = torch.where(valid, g_lp.float(), 0.0)[:, None]  # (R, 1)
+    buf = out if out.dtype == torch.float32 else torch.empty(x.shape, device=x.device)  # (R, V)
+    torch.sub(_scaled_fp32(x, temperature), lse[:, None], out=buf)  # log p
     if g_ent is not None and ent is not None:
-        g_ent = torch.where(valid, g_ent.float(), 0.0)
-        dh = torch.where(p > 0, p * (logp + ent[:, None]), 0.0)  # (R, V)
-        grad.sub_(dh * g_ent[:, None])
-    safe = torch.where(valid, tgt, 0).long()
-    grad.scatter_add_(1, safe[:, None], g_lp[:, None])
-    return (grad / temperature).to(x.dtype)
+        g_h = torch.where(valid, g_ent.float(), 0.0)[:, None]  # (R, 1)
+        coef = buf.clamp(min=_LOGP_FLOOR).add_(ent[:, None]).mul_(g_h).add_(g)  # g+g_H(logp+H)
+        buf.exp_().mul_(coef).neg_()
+    else:
+        buf.exp_().mul_(-g)
+    safe = torch.where(valid, tgt, 0).long()[:, None]  # (R, 1)
+    buf.scatter_add_(1, safe, g)
+    if temperature != 1.0:
+        buf.div_(temperature)
+    if buf is not out:
+        out.copy_(buf)
+    return out
 
 
 def _row_pieces(x: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -110,9 +128,9 @@ def _torch_seq_bwd(logits, targets, lse, ent, g_lp, g_ent, temperature, ignore_i
     for r0, rows in _row_pieces(logits):
         for i in range(0, rows.shape[0], step):
             s = slice(r0 + i, r0 + min(i + step, rows.shape[0]))
-            flat[s] = _torch_rows_bwd(
+            _torch_rows_bwd(
                 rows[i : i + step], targets[s], lse[s], None if ent is None else ent[s], g_lp[s],
-                None if g_ent is None else g_ent[s], temperature, ignore_index,
+                None if g_ent is None else g_ent[s], temperature, ignore_index, out=flat[s],
             )
     return grad
 
@@ -132,11 +150,30 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def _default_chunk(N: int, V: int, H: int) -> int:
     """Tokens per chunk so that a (chunk, V) buffer is about the size of hidden (N, H).
 
-    Same heuristic as Liger-Kernel's fused linear cross-entropy, floored at 64 rows.
+    Same heuristic as Liger-Kernel's fused linear cross-entropy, floored at 256 rows so that the
+    grad_weight matmul (inner dimension = chunk) stays efficient.
     """
     ratio = -(-V // max(H, 1))  # ceil(V / H)
     target = max(1, -(-N // ratio))
-    return min(N, max(64, 1 << (target - 1).bit_length()))
+    return min(N, max(256, 1 << (target - 1).bit_length()))
+
+
+def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (fp32) += a @ b without rounding the partial product to a's low-precision dtype.
+
+    fp32: in-place addmm. bf16/fp16: on CUDA a matmul with fp32 output (torch >= 2.8
+    ``out_dtype``), elsewhere an fp32 upcast of this chunk.
+    """
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+        return
+    if a.is_cuda:
+        try:
+            acc += torch.mm(a, b, out_dtype=torch.float32)
+            return
+        except (TypeError, RuntimeError, NotImplementedError):  # older torch / unsupported
+            pass
+    acc.addmm_(a.float(), b.float())
 
 
 def _rows_fwd(backend, z, tgt, temperature, ignore_index, want_entropy):
@@ -151,7 +188,7 @@ def _rows_bwd(backend, z, tgt, lse, ent, g_lp, g_ent, temperature, ignore_index)
     if backend == "triton":
         return _triton_seq_bwd(z.unsqueeze(0), tgt, lse, ent, g_lp, g_ent, temperature,
                                ignore_index, out=z.unsqueeze(0)).squeeze(0)
-    return _torch_rows_bwd(z, tgt, lse, ent, g_lp, g_ent, temperature, ignore_index)
+    return _torch_rows_bwd(z, tgt, lse, ent, g_lp, g_ent, temperature, ignore_index, out=z)
 
 
 # --- autograd ----------------------------------------------------------------------------------
@@ -239,7 +276,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
             if grad_h is not None:
                 grad_h[s] = gz @ weight  # (c, H)
             if grad_w is not None:
-                grad_w += gz.t() @ hidden[s]  # (V, H)
+                _accumulate_mm(grad_w, gz.t(), hidden[s])  # (V, c) @ (c, H)
             if grad_b is not None:
                 grad_b += gz.float().sum(0)  # (V,)
         grad_w = None if grad_w is None else grad_w.to(weight.dtype)

@@ -7,6 +7,8 @@ Triton runs in the interpreter on CPU (tests/conftest.py); the ``gpu`` tests run
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -24,14 +26,21 @@ def _floor(ref: torch.Tensor) -> float:
 
 
 def _assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, low: torch.Tensor) -> None:
-    """|got - ref| <= 2 |low - ref| + floor, in the max norm; print the worst mismatch if not."""
+    """max|got - ref| <= 2 max|low - ref| + floor; print the worst mismatch if not.
+
+    ``low`` is plain torch in the low-precision dtype. Its error is taken as at least that of
+    rounding the exact answer once to plain torch's output dtype: no implementation returning
+    that dtype can do better, and a lucky rounding on a few elements must not set the bar.
+    """
+    dtype = low.dtype
     got, ref, low = got.float(), ref.float(), low.float()
     assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
     assert torch.isfinite(got).all(), f"{name}: non-finite values {got}"
     if ref.numel() == 0:
         return
     err = (got - ref).abs()
-    bound = 2 * (low - ref).abs().max().item() + _floor(ref)
+    base = max((low - ref).abs().max().item(), (ref.to(dtype).float() - ref).abs().max().item())
+    bound = 2 * base + _floor(ref)
     worst = int(err.argmax())
     idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), err.shape))
     assert err.max().item() <= bound, (
@@ -72,7 +81,7 @@ SEQ_CASES = [
     ("slice_view", (2, 11, 129), 0.9, True, "some", "slice"),
     ("permuted_view", (3, 5, 67), 1.0, True, "row", "permute"),
     ("flat_2d", (13, 250), 2.0, True, "some", None),
-    ("v32003", (1, 2, 32003), 1.3, True, "some", None),
+    ("v32003", (2, 6, 32003), 1.3, True, "some", None),
 ]
 
 
@@ -95,7 +104,7 @@ def _seq_inputs(shape, view, dtype, gen):
 @pytest.mark.parametrize("case", SEQ_CASES, ids=lambda c: c[0])
 def test_sequence_logprobs(case, dtype, backend):
     name, shape, temp, ent, ignore, view = case
-    gen = torch.Generator().manual_seed(hash(name) % 1000)
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     logits, shape = _seq_inputs(shape, view, dtype, gen)
     targets = _targets(shape[:-1], shape[-1], gen, ignore)
     n_out = 2 if ent else 1
@@ -135,7 +144,7 @@ LIN_CASES = [
     ("all_ignored", (2, 3, 8), 31, True, 1.3, True, "all", None, None),
     ("slice_view", (2, 9, 12), 129, False, 0.9, True, "some", "slice", 7),
     ("flat_2d", (13, 24), 250, True, 2.0, False, "some", None, 5),
-    ("v32003", (1, 2, 8), 32003, True, 1.3, True, "some", None, None),
+    ("v32003", (2, 8, 8), 32003, True, 1.3, True, "some", None, 5),
 ]
 
 
@@ -144,7 +153,7 @@ LIN_CASES = [
 @pytest.mark.parametrize("case", LIN_CASES, ids=lambda c: c[0])
 def test_linear_logprobs(case, dtype, backend):
     name, hshape, V, has_bias, temp, ent, ignore, view, chunk = case
-    gen = torch.Generator().manual_seed(hash(name) % 1000 + 1)
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()) + 1)
     H = hshape[-1]
     if view == "slice":
         hidden = torch.randn(hshape[0], hshape[1] + 1, H, generator=gen).to(dtype)[:, :-1]
