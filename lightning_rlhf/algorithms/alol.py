@@ -65,7 +65,30 @@ class ValueHeadOptions:
     holdout_fraction: float = 0.2
 
 
-class ALoL(RLHFModule):
+class FrozenReference:
+    """Mixin for modules with a reference policy pi_ref (``self.reference``; LoRA: the adapter
+    disabled on the policy itself, so no second copy). List "reference" in ``frozen_modules``."""
+
+    def build_frozen(self) -> None:
+        """A frozen copy of the initial policy, unless LoRA (then the adapter is disabled)."""
+        self.reference = None if self.policy_config.lora is not None else frozen_copy(self.policy)
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[nn.Module]:
+        """The reference policy pi_ref: the frozen copy, or the LoRA base with adapters off."""
+        if self.reference is not None:
+            yield self.reference
+            return
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                yield self.policy
+        finally:
+            self.policy.train(was_training)
+
+
+class ALoL(FrozenReference, RLHFModule):
     """The A-LoL family on (prompt, response, reward) rows (data format "response").
 
     Args:
@@ -153,26 +176,6 @@ class ALoL(RLHFModule):
         self.offline_stats: dict[str, float] = {}
         self._sampler: PrioritySampler | None = None
         self._sampler_state: dict | None = None
-
-    # --- models -------------------------------------------------------------------------------
-    def build_frozen(self) -> None:
-        """A frozen copy of the initial policy, unless LoRA (then the adapter is disabled)."""
-        if self.policy_config.lora is None:
-            self.reference = frozen_copy(self.policy)
-
-    @contextlib.contextmanager
-    def reference_model(self) -> Iterator[nn.Module]:
-        """The reference policy pi_ref: the frozen copy, or the LoRA base with adapters off."""
-        if self.reference is not None:
-            yield self.reference
-            return
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.policy.disable_adapter():
-                yield self.policy
-        finally:
-            self.policy.train(was_training)
 
     # --- data: priority sampling installed on the data module --------------------------------
     def setup(self, stage: str) -> None:

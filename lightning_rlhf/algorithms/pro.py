@@ -1,0 +1,80 @@
+"""PRO: preference ranking optimisation over ranked lists (Song et al. 2023, "Preference Ranking
+Optimization for Human Alignment"; ALGORITHMS.md 3). Reference-free: scores are length-normalised
+policy log-likelihoods, temperatures come from reward gaps, plus an SFT term on the best response.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_rlhf.algorithms.base import RLHFModule, Schedule
+from lightning_rlhf.demo import DemoStage
+from lightning_rlhf.losses.preference import pro_loss
+from lightning_rlhf.models import ModelConfig, response_logprobs
+
+
+class PRO(RLHFModule):
+    """PRO on ranked candidate lists, best first (data format "ranked", with rewards).
+
+    Args:
+        policy: the model to train (usually the SFT export).
+        sft_weight: weight of the SFT term -l_theta(y^1); None = 0.05 * (N - 1)^2 (the paper).
+        Other arguments: those of :class:`RLHFModule`.
+    """
+
+    data_format = "ranked"
+    demo_stages = (
+        DemoStage(
+            "pro",
+            "pro/arithmetic.yaml",
+            order=61,
+            overrides=("--model.init_args.policy.name_or_path", "{run}/sft/export"),
+            quick=("--trainer.max_steps", "25", "--data.num_train", "600", "--data.num_val", "64"),
+        ),
+    )
+
+    def __init__(
+        self,
+        policy: ModelConfig,
+        sft_weight: float | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        schedule: Schedule = "constant",
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        super().__init__(
+            policy,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            schedule=schedule,
+            max_nonfinite_steps=max_nonfinite_steps,
+        )
+        self.save_hyperparameters()
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        ids, am, rm = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        if ids.dim() != 3 or ids.shape[1] < 2:
+            raise ValueError(
+                f"PRO needs ranked lists of >= 2 responses, got a batch of shape "
+                f"{tuple(ids.shape)} (rows {batch['index'].tolist()[:8]})"
+            )
+        if "rewards" not in batch:
+            raise ValueError("PRO needs a reward per candidate (data field `rewards`), got none")
+        b, n, length = ids.shape
+        flat = [t.reshape(b * n, length) for t in (ids, am, rm)]  # (B*N, L)
+        logprobs = response_logprobs(self.policy, *flat).view(b, n, length)  # (B, N, L)
+        return pro_loss(logprobs, rm, batch["rewards"], sft_weight=self.hparams.sft_weight)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss, stats = self._loss(batch)
+        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.count_tokens(batch["attention_mask"])
+        return self.guard_loss(loss)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, stats = self._loss(batch)
+        self.log_stats("val", stats, batch_size=batch["input_ids"].shape[0], sync_dist=True)
