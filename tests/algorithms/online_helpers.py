@@ -24,10 +24,19 @@ def starts_with_one(prompts: list[str], responses: list[str]) -> list[float]:
     return [1.0 if r.startswith("1") else 0.0 for r in responses]
 
 
+def digit_share(prompts: list[str], responses: list[str]) -> list[float]:
+    """The share of digits among a response's characters (a dense reward the tiny, barely trained
+    SFT model already gets varied values of, so every algorithm has a non-zero gradient)."""
+    return [sum(c.isdigit() for c in r) / max(len(r), 1) for r in responses]
+
+
 def online_args(sft_export: Path, *extra: str) -> list[str]:
-    """CLI arguments of a tiny online fit: 4 prompts a batch, 4 new tokens, whole-batch minibatches
-    and two epochs per rollout (so one rollout = two optimiser steps)."""
+    """CLI arguments of a tiny online fit: 4 prompts a batch, 4 new tokens, whole-batch
+    minibatches, two epochs per rollout (one rollout = two optimiser steps), the
+    :func:`digit_share` reward."""
     return [
+        "--model.init_args.reward",
+        "tests.algorithms.online_helpers:digit_share",
         "--model.init_args.policy.name_or_path",
         str(sft_export),
         "--data.batch_size",
