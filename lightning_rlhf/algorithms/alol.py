@@ -98,8 +98,8 @@ class ALoL(FrozenReference, RLHFModule):
             (ALGORITHMS.md 2).
         clip_eps, kl_beta, gold_floor: see :func:`lightning_rlhf.losses.alol.alol_loss`.
         reward: ``module:function`` scorer or a reward-model export directory that scores the
-            reference's responses for V's targets; None regresses V on the held-out rows' own
-            rewards instead.
+            reference's responses for V's targets (and the training rows when the data has no
+            ``reward`` column); None regresses V on the held-out rows' own rewards instead.
         value_head: :class:`ValueHeadOptions`.
         ref_logprobs: "precompute" (once over the data, cached) or "live" (a reference forward
             per step).
@@ -172,6 +172,7 @@ class ALoL(FrozenReference, RLHFModule):
         self.values: torch.Tensor | None = None  # (N,) V(x_i) of every training row
         self.ref_cache: torch.Tensor | None = None  # (N, T_max) log pi_ref of response tokens
         self.priorities: torch.Tensor | None = None  # (N,)
+        self.rewards: torch.Tensor | None = None  # (N,) R of every training row
         self.cache_hit = False
         self.offline_stats: dict[str, float] = {}
         self._sampler: PrioritySampler | None = None
@@ -217,7 +218,7 @@ class ALoL(FrozenReference, RLHFModule):
         if self.priorities is not None:
             return
         dm = self.trainer.datamodule
-        rewards = _checked_rewards(dm.train_dataset)
+        rewards = self.row_rewards(dm.train_dataset)
         cache = _load_cache(self.cache_file(), rewards)
         self.cache_hit = cache is not None
         cache = cache or {"rewards": rewards, "values": None, "ref": None, "head": None}
@@ -234,6 +235,24 @@ class ALoL(FrozenReference, RLHFModule):
         self.values, self.ref_cache = cache["values"], cache["ref"] if needs_cached_ref else None
         self.priorities = self.row_priorities(rewards, self.values)
         self._log_offline(rewards)
+
+    def row_rewards(self, ds: datasets.Dataset) -> torch.Tensor:
+        """(N,) R of every training row: the data's ``reward`` column or, when the data has none
+        (e.g. HH transcripts), the configured scorer applied to the rows' (prompt, response)."""
+        if "reward" in ds.column_names or self.reward_spec is None:
+            self.rewards = _checked_rewards(ds)
+            return self.rewards
+        rank_zero_info(
+            f"A-LoL: the data has no rewards; scoring {len(ds)} rows with {self.reward_spec}"
+        )
+        scorer = load_reward(self.reward_spec, device=self.device)
+        size = self.value_options.batch_size
+        scores = [
+            scorer(ds[i : i + size]["prompt"], ds[i : i + size]["response"]).float().cpu()
+            for i in range(0, len(ds), size)
+        ]
+        self.rewards = torch.cat(scores)
+        return self.rewards
 
     def row_priorities(self, rewards: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
         """(N,) sampling weights: A+ (A-LoL variants), max(R, 0) (wbc, r_gold, r_lol), 1 (nll)."""
@@ -382,8 +401,6 @@ class ALoL(FrozenReference, RLHFModule):
         return out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        if "reward" not in batch:
-            raise ValueError("ALoL: the training batch has no `reward`; the data needs rewards")
         if self.priorities is None:  # priority sampling off: prepare on first use
             self.prepare_offline()
         rm = batch["response_mask"]
@@ -395,7 +412,7 @@ class ALoL(FrozenReference, RLHFModule):
             logprobs,
             self.batch_ref_logprobs(batch),
             rm,
-            batch["reward"],
+            self.rewards[batch["index"].cpu()].to(logprobs.device),
             values,
             variant=self.variant,
             clip_eps=self.hparams.clip_eps,
@@ -436,8 +453,9 @@ def _checked_rewards(ds: datasets.Dataset) -> torch.Tensor:
     """(N,) rewards of the training rows; one-line errors for a missing column or bad value."""
     if "reward" not in ds.column_names:
         raise ValueError(
-            f"ALoL needs a reward per training row, but the data has columns {ds.column_names}; "
-            "map one with data.columns: {reward: <column>}"
+            f"ALoL needs a reward per training row, but the data has columns {ds.column_names} "
+            "and model.reward is null; map one with data.columns: {reward: <column>} or set "
+            "model.reward to a scorer"
         )
     rewards = torch.tensor(ds["reward"], dtype=torch.float32)
     bad = ~torch.isfinite(rewards)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import lightning as L
 import pytest
 import torch
 
+from lightning_rlhf.algorithms.alol import _checked_rewards
+from lightning_rlhf.data.tasks import arithmetic
 from tests.algorithms.e2e import run_fit
 
 CONFIG = "alol/arithmetic.yaml"
@@ -85,3 +88,73 @@ def test_alol_fits_resumes_and_continues_the_stream(tmp_path, sft_export, varian
         tmp_path, sft_export, *args, steps=4, ckpt_path=tmp_path / "checkpoints/mid-step=2.ckpt"
     )
     assert _recorded(mid) == stream[16:32]
+
+
+@pytest.mark.parametrize(
+    "variant, extra",
+    [
+        ("a_lol_ref_free", ()),
+        ("a_lol_kl", ("--model.init_args.kl_beta", "0.1")),
+        ("r_lol", ("--model.init_args.ref_logprobs", "live")),
+        ("wbc", ()),
+        ("r_gold", ()),
+        ("nll", ()),
+    ],
+)
+def test_other_variants_train(tmp_path, sft_export, variant, extra):
+    cli, snap = _fit(tmp_path, sft_export, "--model.init_args.variant", variant, *extra, steps=2)
+    module = cli.model
+    assert snap.unchanged(module) == [] and torch.isfinite(
+        cli.trainer.callback_metrics["train/loss"]
+    )
+    assert (module.values is not None) == variant.startswith("a_lol")
+    assert (module.ref_cache is not None) == (variant == "a_lol_kl")  # r_lol: live reference
+    if variant in ("wbc", "r_gold", "r_lol"):  # P(i) ∝ R_i
+        torch.testing.assert_close(
+            module.priorities, torch.tensor(cli.datamodule.train_dataset["reward"])
+        )
+    if variant == "nll":
+        assert (module.priorities == 1).all()
+
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_all_advantages_nonpositive_is_an_error(tmp_path, sft_export):
+    rows = [{"prompt": f"{i}+1=", "response": str(i + 1), "reward": 0.0} for i in range(40)]
+    data = _write_jsonl(tmp_path / "zero.jsonl", rows)
+    with pytest.raises(ValueError, match=r"nothing to train on: 0 of \d+ rows .* negative\)"):
+        # V regresses the rows' own rewards (all 0) but sigmoid(.) > 0, so every A < 0
+        _fit(
+            tmp_path,
+            sft_export,
+            "--data.dataset",
+            data,
+            "--data.val_split",
+            "0.25",
+            "--model.init_args.reward",
+            "null",
+            steps=1,
+        )
+
+
+def test_missing_rewards_are_scored_or_refused(tmp_path, sft_export):
+    rows = [{"prompt": f"{i}+1=", "response": str(i + 1 + i % 2)} for i in range(20)]
+    data = _write_jsonl(tmp_path / "unscored.jsonl", rows)
+    args = ("--data.dataset", data, "--data.val_split", "0.25", "--model.init_args.variant", "wbc")
+    with pytest.raises(ValueError, match=r"ALoL needs a reward per training row"):
+        _fit(tmp_path, sft_export, *args, "--model.init_args.reward", "null", steps=1)
+    # with a scorer (the default arithmetic reward) the rows are scored instead
+    cli, _ = _fit(tmp_path / "scored", sft_export, *args, steps=1)
+    ds = cli.datamodule.train_dataset
+    expected = arithmetic.reward(ds["prompt"], ds["response"])
+    assert 0 < sum(expected) < len(expected)
+    torch.testing.assert_close(cli.model.rewards, torch.tensor(expected))
+
+
+def test_non_finite_reward_names_the_row():
+    ds = datasets.Dataset.from_dict({"reward": [0.5, 1.0, float("nan")]})
+    with pytest.raises(ValueError, match=r"training row 2 has reward nan"):
+        _checked_rewards(ds)
