@@ -1,5 +1,6 @@
-"""What every algorithm shares: the policy built in ``configure_model``, the optimiser and
-schedule, the data-format check, a NaN guard, and logging of ``(loss, stats)`` pairs.
+"""What every algorithm shares: the policy built (and, under FSDP2, sharded) in
+``configure_model``, the optimiser and schedule, the data-format and strategy checks, a NaN guard
+on losses and gradients that stops with a last-good checkpoint, and logging of ``(loss, stats)``.
 
 Each algorithm is a subclass whose typed ``__init__`` is its config schema (LightningCLI reads it).
 """
@@ -7,6 +8,7 @@ Each algorithm is a subclass whose typed ``__init__`` is its config schema (Ligh
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -15,12 +17,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from lightning_rlhf.models import ModelConfig, load_causal_lm
+from lightning_rlhf.strategies import check_strategy, reshard_after_step, shard_causal_lm
 
 Schedule = Literal["constant", "cosine", "linear", "onecycle"]
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised after ``max_nonfinite_steps`` consecutive non-finite losses."""
+    """Raised after ``max_nonfinite_steps`` consecutive non-finite losses or gradients (a
+    checkpoint of the last good state is written first)."""
 
 
 class RLHFModule(L.LightningModule):
@@ -33,7 +37,8 @@ class RLHFModule(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear warm-up steps (``onecycle`` warms up over 10% of the run instead).
         schedule: learning-rate shape after warm-up.
-        max_nonfinite_steps: consecutive non-finite losses (skipped, counted) before the run stops.
+        max_nonfinite_steps: consecutive non-finite losses or gradients (each step skipped,
+            counted and logged) before the run stops, after saving ``last_good.ckpt``.
     """
 
     #: the data-module format this algorithm consumes ("prompt", "response", "pair", "ranked")
@@ -57,6 +62,7 @@ class RLHFModule(L.LightningModule):
         self.policy: nn.Module | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._nonfinite_in_a_row = 0
+        self.skipped_steps = 0  # non-finite steps skipped over the whole run (checkpointed)
         self.tokens_seen = 0  # tokens (prompt + response) trained on, for throughput figures
         self.strict_loading = False  # frozen modules are dropped from checkpoints
 
@@ -78,6 +84,7 @@ class RLHFModule(L.LightningModule):
         self._tokenizer = tokenizer
 
     def setup(self, stage: str) -> None:
+        check_strategy(self, self.trainer.strategy)
         datamodule = getattr(self.trainer, "datamodule", None)
         fmt = getattr(datamodule, "format", None)
         if fmt is not None and fmt != self.data_format:
@@ -87,11 +94,23 @@ class RLHFModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        """Build the policy once (Lightning calls this under the strategy's init context)."""
+        """Build the policy once (Lightning calls this under the strategy's init context); under
+        FSDP2 (a device mesh is set) shard it, and the frozen causal LMs, layer by layer."""
         if self.policy is None:
             self.policy = self.build_policy()
             self._check_context_length()
             self.build_frozen()
+            if getattr(self, "_device_mesh", None) is not None:
+                self.shard_models(self._device_mesh["data_parallel"])
+
+    def shard_models(self, mesh: Any) -> None:
+        """FSDP2: shard the policy and every frozen causal LM (``frozen_modules`` entries with
+        decoder layers); anything else (value heads, scorers) stays replicated."""
+        shard_causal_lm(self.policy, mesh)
+        for name in self.frozen_modules:
+            frozen = getattr(self, name, None)
+            if isinstance(frozen, nn.Module) and hasattr(frozen, "get_decoder"):
+                shard_causal_lm(frozen, mesh)
 
     def _check_context_length(self) -> None:
         """Refuse data whose prompt + response limits exceed the model's context window."""
@@ -131,18 +150,67 @@ class RLHFModule(L.LightningModule):
 
     # --- guards and logging -------------------------------------------------------------------
     def guard_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """Return ``loss`` if finite; else count and log it, and return None (step skipped)."""
-        if torch.isfinite(loss).all():
-            self._nonfinite_in_a_row = 0
+        """Return ``loss`` if finite on every rank; else count and log it, and return None (step
+        skipped). The count resets when an optimiser step goes through with finite gradients."""
+        if self._all_finite(loss.detach()):
             return loss
-        self._nonfinite_in_a_row += 1
-        self.log("train/nonfinite_steps", float(self._nonfinite_in_a_row), on_step=True)
-        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"{type(self).__name__}: loss non-finite {self._nonfinite_in_a_row} steps in a row "
-                f"(global step {self.global_step}); check the data's rewards and the learning rate"
-            )
+        self._skip_nonfinite("loss")
         return None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradient NaN guard: non-finite gradients on any rank drop every gradient (the optimiser
+        then leaves the weights and its state alone), counted and logged like a bad loss. Under
+        FSDP2 it also installs, once, the reshard-after-step hook (``reshard_after_step``)."""
+        reshard_after_step(optimizer, self)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        grads = [g for g in grads if g is not None]
+        if not grads:  # the step was already skipped (non-finite loss)
+            return
+        local = torch.stack([_local(g).detach().float().square().sum() for g in grads]).sum()
+        if self._all_finite(local):
+            self._nonfinite_in_a_row = 0
+            return
+        optimizer.zero_grad(set_to_none=True)
+        self._skip_nonfinite("gradient")
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        """Whether ``value`` is finite on every rank (one all-reduce when distributed)."""
+        bad = (~torch.isfinite(value)).any().float().reshape(())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce(bad.to(self.device), reduce_op="sum")
+        return float(bad) == 0.0
+
+    def _skip_nonfinite(self, what: str) -> None:
+        """Count a skipped step; after ``max_nonfinite_steps`` in a row save the (untouched, last
+        good) state to ``last_good.ckpt`` and stop with :class:`NonFiniteLossError`."""
+        self._nonfinite_in_a_row += 1
+        self.skipped_steps += 1
+        if self._trainer is not None:
+            self.log("train/nonfinite_steps", float(self._nonfinite_in_a_row), on_step=True)
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+        if self._nonfinite_in_a_row < self.hparams.max_nonfinite_steps:
+            return
+        saved = self._save_last_good()
+        raise NonFiniteLossError(
+            f"{type(self).__name__}: {what} non-finite {self._nonfinite_in_a_row} steps in a row "
+            f"(global step {self.global_step}); last good state saved to {saved}; check the "
+            "data's rewards and the learning rate"
+        )
+
+    def _save_last_good(self) -> str:
+        """Write ``<checkpoint dir>/last_good.ckpt`` (every rank takes part); its path or 'nowhere'
+        without a trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return "nowhere (no trainer)"
+        callback = trainer.checkpoint_callback
+        directory = getattr(callback, "dirpath", None) or Path(
+            trainer.default_root_dir, "checkpoints"
+        )
+        path = Path(directory) / "last_good.ckpt"
+        trainer.save_checkpoint(path)
+        return str(path)
 
     def count_tokens(self, attention_mask: torch.Tensor) -> None:
         """Add the real tokens of a training batch to ``tokens_seen`` (this process only)."""
@@ -158,6 +226,7 @@ class RLHFModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drop frozen modules (reference, reward model) from the checkpoint: they are rebuilt."""
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["skipped_steps"] = self.skipped_steps
         state = checkpoint.get("state_dict", {})
         for name in self.frozen_modules:
             for key in [k for k in state if k.startswith(f"{name}.")]:
@@ -165,6 +234,12 @@ class RLHFModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2 gradients), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):

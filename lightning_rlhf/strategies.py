@@ -1,0 +1,166 @@
+"""Distributed strategies: which algorithm runs under which Lightning strategy, the check that
+refuses the rest with a one-line error, and the FSDP2 sharding applied in ``configure_model``.
+
+Support (``docs/scaling.md`` has the table): single device, DDP and FSDP2 (``FSDP2Strategy``, a
+``ModelParallelStrategy`` whose data-parallel size is the world size) run every algorithm; FSDP1
+(``FSDPStrategy``) only the automatic-optimisation ones, since its gradient clipping and
+optimizer hooks break under manual optimisation (the online algorithms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
+from torch import nn
+
+#: strategy kinds, as named in the support table and in errors
+KINDS = ("single", "ddp", "fsdp", "fsdp2")
+#: the strategy kinds an algorithm may use, by its optimisation mode
+SUPPORT: dict[str, tuple[str, ...]] = {
+    "automatic": ("single", "ddp", "fsdp", "fsdp2"),
+    "manual": ("single", "ddp", "fsdp2"),
+}
+
+
+class UnsupportedStrategyError(ValueError):
+    """An algorithm was given a strategy it cannot run under."""
+
+
+def strategy_kind(strategy: Strategy) -> str:
+    """``single``, ``ddp``, ``fsdp`` (FSDP1) or ``fsdp2`` for a Lightning strategy instance
+    (other strategies: their class name)."""
+    if isinstance(strategy, ModelParallelStrategy):
+        return "fsdp2"
+    if isinstance(strategy, FSDPStrategy):
+        return "fsdp"
+    if isinstance(strategy, DDPStrategy):
+        return "ddp"
+    if isinstance(strategy, SingleDeviceStrategy):
+        return "single"
+    return type(strategy).__name__
+
+
+def supported_kinds(module: nn.Module) -> tuple[str, ...]:
+    """The strategy kinds ``module`` (an ``RLHFModule``) supports."""
+    manual = not getattr(module, "automatic_optimization", True)
+    return SUPPORT["manual" if manual else "automatic"]
+
+
+def check_strategy(module: nn.Module, strategy: Strategy) -> None:
+    """Raise :class:`UnsupportedStrategyError` when ``module`` cannot run under ``strategy``."""
+    kind = strategy_kind(strategy)
+    allowed = supported_kinds(module)
+    if kind not in allowed:
+        name = type(module).__name__
+        why = " (FSDP1 breaks with manual optimisation)" if kind == "fsdp" else ""
+        raise UnsupportedStrategyError(
+            f"{name} cannot run under trainer.strategy={type(strategy).__name__}{why}; "
+            f"supported: {', '.join(allowed)} (e.g. --config configs/trainer/fsdp2.yaml)"
+        )
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` for pure data parallelism with FSDP2: the data-parallel size is
+    the world size (all nodes x devices) and the tensor-parallel size 1, unless given."""
+
+    def __init__(
+        self,
+        data_parallel_size: int | None = None,
+        tensor_parallel_size: int = 1,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto" if data_parallel_size is None else data_parallel_size,
+            tensor_parallel_size=tensor_parallel_size,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+        )
+        self._fsdp2_data_parallel = data_parallel_size
+
+    def setup_environment(self) -> None:
+        if self._fsdp2_data_parallel is None:  # resolved once the world size is known
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a Hugging Face causal LM (peft wrappers unwrapped)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
+    if layers is None:
+        raise ValueError(f"FSDP2: cannot find the decoder layers of {type(base).__name__}")
+    return list(layers)
+
+
+def shard_causal_lm(model: nn.Module, mesh: Any) -> nn.Module:
+    """Apply FSDP2 ``fully_shard`` to each decoder layer and to the whole model (the root unit:
+    embeddings, final norm, lm_head) over ``mesh`` (1-D data-parallel mesh).
+
+    ``models.response_logprobs`` calls the decoder directly and reads ``lm_head.weight`` outside
+    the root's forward, so a pre-forward hook on the decoder unshards the root first; the root
+    stays unsharded until its post-backward (FSDP2 never reshards the root after forward), and an
+    optimizer step-post hook (:func:`reshard_after_step`) reshards it so no stale copy survives.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.get_decoder().register_forward_pre_hook(lambda *_: _unshard_root(model))
+    return model
+
+
+def _unshard_root(root: nn.Module) -> None:
+    """All-gather the root unit's parameters (a no-op when they are already unsharded)."""
+    state = root._get_fsdp_state()
+    state._lazy_init()  # make ``root`` the FSDP root before any layer runs forward
+    root.unshard()
+
+
+def reshard_after_step(optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+    """Reshard every FSDP2 unit of ``module`` after each ``optimizer.step`` (an unsharded copy
+    left by a no-grad forward would otherwise be stale after the update). Idempotent: installs the
+    hook once per optimizer."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if getattr(optimizer, "_reshard_hook_installed", False):
+        return
+    optimizer._reshard_hook_installed = True
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+    def hook(*_: Any) -> None:
+        for unit in units:
+            unit.reshard()
+
+    if units:
+        optimizer.register_step_post_hook(hook)
+
+
+@contextmanager
+def unsharded(module: nn.Module) -> Iterator[nn.Module]:
+    """All-gather every FSDP2 unit of ``module`` for the block (a collective: every rank must
+    enter), so that ``save_pretrained`` on rank 0 sees plain full tensors; resharded after.
+    Without FSDP2 it yields ``module`` unchanged."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield module
+    finally:
+        for unit in units:
+            unit.reshard()
