@@ -120,6 +120,7 @@ class OnlineRLModule(RLHFModule):
         self.reference: nn.Module | None = None
         self.reward_moments = RunningMoments() if normalize_reward else None
         self._reward_fn: Any = None
+        self.last_timings: dict[str, float] = {}  # seconds per phase of the last step, + tokens
 
     @property
     def group_size(self) -> int:
@@ -278,6 +279,7 @@ class OnlineRLModule(RLHFModule):
             self.log_stats("train", stats, prog_bar=True, batch_size=exp.num_rows)
         self.log_stats("time", timings, batch_size=exp.num_rows)
         self.count_tokens(exp.attention_mask)
+        self.last_timings = {**timings, "tokens": float(exp.attention_mask.sum())}
 
     def update(self, exp: Experience) -> dict[str, torch.Tensor]:
         """``ppo_epochs`` epochs of shuffled minibatches, ``grad_accum`` minibatches per step.
