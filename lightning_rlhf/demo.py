@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.callbacks import evaluate_policy
 from lightning_rlhf.data.tasks import get_task
+from lightning_rlhf.models import frozen_copy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COLUMNS = [
@@ -166,23 +167,42 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def run_demo(
-    run: Path, quick: bool = False, only: list[str] | None = None, eval_prompts: int = 500
+    run: Path,
+    quick: bool = False,
+    only: list[str] | None = None,
+    eval_prompts: int = 500,
+    reuse: bool = False,
 ) -> list[dict]:
-    """Train and evaluate every stage; return the table's rows (also written to ``run``)."""
+    """Train and evaluate every stage; return the table's rows (also written to ``run``).
+
+    With ``reuse``, a stage whose ``row.json`` and ``export/`` already exist in ``run`` is not
+    trained again: its row is read back (and the SFT export reloaded as the KL reference).
+    """
     run.mkdir(parents=True, exist_ok=True)
     rows, reference = [_teacher_row(eval_prompts)], None
     for stage in registered_stages():
         if only and stage.name not in only and stage.name not in ("sft", "reward_model"):
             continue
-        rank_zero_info(f"\n=== demo stage: {stage.name} ({stage.config}) ===")
-        cli, wall = _fit(stage, run, quick)
-        rows.append(_row(stage, cli, wall, reference, eval_prompts))
-        if stage.name == "sft":
-            from lightning_rlhf.models import frozen_copy
-
-            reference = frozen_copy(cli.model.policy)
+        done = run / stage.name / "row.json"
+        if reuse and done.exists() and (run / stage.name / "export").exists():
+            rank_zero_info(f"=== demo stage: {stage.name}: reusing {done} ===")
+            rows.append(json.loads(done.read_text()))
+            if stage.name == "sft":
+                reference = _load_reference(run / "sft" / "export")
+        else:
+            rank_zero_info(f"\n=== demo stage: {stage.name} ({stage.config}) ===")
+            cli, wall = _fit(stage, run, quick)
+            rows.append(_row(stage, cli, wall, reference, eval_prompts))
+            if stage.name == "sft":
+                reference = frozen_copy(cli.model.policy)
         write_results(rows, run)
     return rows
+
+
+def _load_reference(path: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return frozen_copy(AutoModelForCausalLM.from_pretrained(path))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,7 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--eval-prompts", type=int, default=500, help="held-out prompts per evaluation"
     )
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep stages already trained in --out (row.json)"
+    )
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
     only = args.only.split(",") if args.only else None
-    run_demo(Path(args.out), quick=args.quick, only=only, eval_prompts=args.eval_prompts)
+    run_demo(Path(args.out), args.quick, only, args.eval_prompts, reuse=args.reuse)
