@@ -9,8 +9,6 @@ optimizer hooks break under manual optimisation (the online algorithms).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -149,18 +147,14 @@ def reshard_after_step(optimizer: torch.optim.Optimizer, module: nn.Module) -> N
         optimizer.register_step_post_hook(hook)
 
 
-@contextmanager
-def unsharded(module: nn.Module) -> Iterator[nn.Module]:
-    """All-gather every FSDP2 unit of ``module`` for the block (a collective: every rank must
-    enter), so that ``save_pretrained`` on rank 0 sees plain full tensors; resharded after.
-    Without FSDP2 it yields ``module`` unchanged."""
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded, CPU) state dict of ``module``: gathered from the FSDP2 shards (a
+    collective: every rank must call it; rank 0 gets the tensors) or plainly without FSDP2.
+    Pass it to ``save_pretrained(..., state_dict=...)`` to export a sharded policy."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import FSDPModule
 
-    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
-    for unit in units:
-        unit.unshard()
-    try:
-        yield module
-    finally:
-        for unit in units:
-            unit.reshard()
+    if not any(isinstance(m, FSDPModule) for m in module.modules()):
+        return module.state_dict()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=options)
