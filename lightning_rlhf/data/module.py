@@ -8,7 +8,7 @@ validation set; the dataloaders collate with :class:`lightning_rlhf.data.collate
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import datasets
@@ -34,11 +34,18 @@ log = logging.getLogger(__name__)
 class EpochSeededSampler(RandomSampler):
     """A random permutation drawn from ``seed + epoch``: the same order per epoch on every run
     and after a resume (Lightning calls ``set_epoch``; being a ``RandomSampler`` it is also
-    recognised as shuffled when Lightning swaps in a ``DistributedSampler``)."""
+    recognised as shuffled when Lightning swaps in a ``DistributedSampler``).
 
-    def __init__(self, data_source: Any, seed: int = 0) -> None:
+    ``resume_offset``, read at the first iteration only, gives the rows of the current epoch
+    already trained on: a run resumed mid-epoch continues the permutation where it stopped
+    (Lightning restores its batch counters but restarts a plain sampler from the top)."""
+
+    def __init__(
+        self, data_source: Any, seed: int = 0, resume_offset: Callable[[], int] | None = None
+    ) -> None:
         super().__init__(data_source)
         self.seed, self.epoch = seed, 0
+        self.resume_offset = resume_offset
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch``."""
@@ -46,7 +53,10 @@ class EpochSeededSampler(RandomSampler):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+        order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        skip = self.resume_offset() if self.resume_offset is not None else 0
+        self.resume_offset = None  # later epochs start at their beginning
+        return iter(order[skip:])
 
 
 class RLHFDataModule(LightningDataModule):
@@ -243,7 +253,16 @@ class RLHFDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Training batches, shuffled by ``seed + epoch``."""
         ds = self._require(self.train_dataset, "train")
-        return self._loader(ds, self.batch_size, EpochSeededSampler(ds, self.seed))
+        sampler = EpochSeededSampler(ds, self.seed, resume_offset=self._rows_done_this_epoch)
+        return self._loader(ds, self.batch_size, sampler)
+
+    def _rows_done_this_epoch(self) -> int:
+        """Training rows of the current epoch already consumed (non-zero after a mid-epoch
+        resume; from the fit loop's restored batch counter)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed * self.batch_size
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in order (an empty list when there is no validation set)."""
