@@ -1,0 +1,129 @@
+"""Every bad input named in issue 6 gets a one-line error that says what and where."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+from lightning_rlhf.data import RLHFDataModule
+from lightning_rlhf.data.formats import DataError
+from lightning_rlhf.models import ModelConfig, load_causal_lm
+from lightning_rlhf.strategies import UnsupportedStrategyError, check_strategy
+from tests.algorithms.e2e import TINY, run_fit, tiny_policy
+
+
+def _setup(path, format: str = "response", **kw) -> RLHFDataModule:
+    data = RLHFDataModule(dataset=str(path), format=format, val_split=0, **kw)
+    data.setup("fit")
+    return data
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, f"error is not one line: {message!r}"
+    return message
+
+
+def _jsonl(path, rows) -> str:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_malformed_jsonl_line(tmp_path):
+    path = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "1+1=", "response": "2"}, "{not json"])
+    with pytest.raises(DataError) as err:
+        _setup(path)
+    assert "bad.jsonl" in _one_line(err)
+
+
+def test_missing_columns(tmp_path):
+    path = _jsonl(tmp_path / "cols.jsonl", [{"prompt": "1+1=", "answer": "2"}])
+    with pytest.raises(DataError) as err:
+        _setup(path)
+    message = _one_line(err)
+    assert "cols.jsonl" in message and "response" in message
+
+
+@pytest.mark.parametrize("field", ["prompt", "response"])
+def test_empty_prompt_or_response(tmp_path, field):
+    row = {"prompt": "1+1=", "response": "2", field: ""}
+    path = _jsonl(tmp_path / "empty.jsonl", [{"prompt": "2+2=", "response": "4"}, row])
+    with pytest.raises(DataError) as err:
+        _setup(path)
+    message = _one_line(err)
+    assert "empty.jsonl" in message and field in message
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_nonfinite_rewards(tmp_path, value):
+    path = tmp_path / "rewards.jsonl"
+    path.write_text(f'{{"prompt": "1+1=", "response": "2", "reward": {value}}}\n')
+    with pytest.raises(DataError) as err:
+        _setup(path)
+    message = _one_line(err)
+    assert "rewards.jsonl" in message and "reward" in message
+
+
+def test_sequences_past_the_models_context(tmp_path):
+    with pytest.raises(ValueError) as err:
+        run_fit("sft/arithmetic.yaml", tmp_path, *tiny_policy(), "--data.max_prompt_length", "64")
+    assert "exceeds the model's context of 64 tokens" in _one_line(err)
+
+
+def test_tokenizer_without_pad_token(monkeypatch):
+    """No pad token: padding falls back to EOS; neither pad nor EOS: a one-line error."""
+    import lightning_rlhf.data.tasks as tasks
+
+    original = tasks.get_tokenizer
+
+    def stripped(name, drop=("pad_token",)):
+        tok = original(name)
+        for attr in drop:
+            setattr(tok, attr, None)
+        return tok
+
+    monkeypatch.setattr(tasks, "get_tokenizer", stripped)
+    tok = RLHFDataModule(tokenizer="builtin:arithmetic").tokenizer
+    assert tok.pad_token_id == tok.eos_token_id is not None
+    monkeypatch.setattr(tasks, "get_tokenizer", lambda n: stripped(n, ("pad_token", "eos_token")))
+    with pytest.raises(DataError) as err:
+        RLHFDataModule(tokenizer="builtin:arithmetic").tokenizer  # noqa: B018
+    assert "'builtin:arithmetic' has neither a pad nor an EOS token" in _one_line(err)
+
+
+def test_missing_model_path(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(FileNotFoundError) as err:
+        load_causal_lm(ModelConfig(name_or_path=str(missing)), RLHFDataModule().tokenizer)
+    assert str(missing) in _one_line(err)
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_fit("sft/arithmetic.yaml", tmp_path, "--model.init_args.learning_rate", "1")
+    assert exit_info.value.code == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_algorithm_given_the_wrong_data_format(tmp_path):
+    with pytest.raises(ValueError) as err:
+        run_fit("dpo/arithmetic.yaml", tmp_path, *tiny_policy(), "--data.format", "prompt")
+    assert "DPO needs data.format='pair' but the data module has format='prompt'" in (
+        _one_line(err)
+    )
+
+
+def test_strategy_the_algorithm_cannot_use():
+    from lightning_rlhf.algorithms.p3o import P3O
+    from lightning_rlhf.algorithms.sft import SFT
+
+    online = P3O(ModelConfig(config=TINY))
+    with pytest.raises(UnsupportedStrategyError) as err:
+        check_strategy(online, FSDPStrategy())
+    message = _one_line(err)
+    assert "P3O cannot run under trainer.strategy=FSDPStrategy" in message
+    assert "manual optimisation" in message and "fsdp2" in message
+    check_strategy(online, DDPStrategy())  # supported: no error
+    check_strategy(SFT(ModelConfig(config=TINY)), FSDPStrategy())
