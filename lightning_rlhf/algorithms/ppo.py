@@ -55,8 +55,8 @@ class PPO(OnlineRLModule):
     """
 
     demo_stages = (
-        online_stage("ppo", "ppo/arithmetic.yaml", 20, 80, 12),
-        online_stage("ppo_rm", "ppo/arithmetic_rm.yaml", 21, 80, 12, *RM_EXPORT),
+        online_stage("ppo", "ppo/arithmetic.yaml", 20, 48, 8),
+        online_stage("ppo_rm", "ppo/arithmetic_rm.yaml", 21, 48, 8, *RM_EXPORT),
     )
 
     def __init__(
@@ -175,8 +175,8 @@ class MAPPO(PPO):
     """
 
     demo_stages = (
-        online_stage("mappo", "mappo/arithmetic.yaml", 22, 80, 12),
-        online_stage("mappo_rm", "mappo/arithmetic_rm.yaml", 23, 80, 12, *RM_EXPORT),
+        online_stage("mappo", "mappo/arithmetic.yaml", 22, 48, 8),
+        online_stage("mappo_rm", "mappo/arithmetic_rm.yaml", 23, 48, 8, *RM_EXPORT),
     )
 
     def __init__(
