@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from lightning_rlhf.algorithms.ppo import MAPPO, PPO
+from lightning_rlhf.data.tasks import get_tokenizer
+from lightning_rlhf.models import LoraConfig, ModelConfig
 from lightning_rlhf.rl.kl import token_level_rewards
 from tests.algorithms.e2e import run_fit
 from tests.algorithms.online_helpers import hand_made_experience, make_module, online_args
@@ -100,3 +102,22 @@ def test_value_model_reads_the_state_before_each_token(sft_export):
     values = ppo.critic.response_values(exp.input_ids, exp.attention_mask, exp.prompt_length)
     torch.testing.assert_close(values[:, 0], full[:, exp.prompt_length - 1])
     assert values.shape == exp.mask.shape
+
+
+def test_lora_policy_uses_the_base_as_reference_and_a_full_critic(sft_export):
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    torch.manual_seed(0)
+    module = PPO(ModelConfig(name_or_path=str(sft_export), lora=lora))
+    module.attach_tokenizer(get_tokenizer("arithmetic"))
+    module.configure_model()
+    assert module.reference is None, "no second copy: the base with the adapter off"
+    assert not any("lora" in n for n, _ in module.critic.named_parameters())
+    exp = hand_made_experience(module)
+    torch.testing.assert_close(exp.ref_logprobs, exp.old_logprobs)  # LoRA B starts at 0
+    with torch.no_grad():
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    moved = module.logprobs(module.policy, exp)
+    assert (moved - exp.old_logprobs).abs().max() > 1e-4
+    torch.testing.assert_close(module.reference_logprobs(exp), exp.ref_logprobs)
