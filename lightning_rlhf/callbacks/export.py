@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.models import export_pretrained
+from lightning_rlhf.strategies import full_state_dict
 
 
 class HFExport(L.Callback):
@@ -26,12 +28,12 @@ class HFExport(L.Callback):
         return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "export"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        policy = pl_module.policy
+        if self.merge_lora and hasattr(policy, "merge_and_unload"):
+            policy = copy.deepcopy(policy).merge_and_unload()  # merge before gathering shards
+        state = full_state_dict(policy)  # a collective under FSDP2: every rank takes part
         if trainer.is_global_zero:
-            path = export_pretrained(
-                pl_module.policy,
-                pl_module.tokenizer,
-                self.target(trainer),
-                merge_lora=self.merge_lora,
-            )
+            target = self.target(trainer)
+            path = export_pretrained(policy, pl_module.tokenizer, target, state_dict=state)
             rank_zero_info(f"exported {type(pl_module).__name__} policy to {path}")
         trainer.strategy.barrier("hf_export")

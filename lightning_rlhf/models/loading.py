@@ -168,12 +168,14 @@ def export_pretrained(
     directory: str | Path,
     *,
     merge_lora: bool = True,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` and ``tokenizer`` with ``save_pretrained``; ``transformers`` loads them back.
 
     A LoRA model is merged into its base first when ``merge_lora`` (else the adapter alone is
     saved, loadable with ``peft``). The directory is written to a temporary sibling and renamed,
-    so a crash never leaves a half-written export behind.
+    so a crash never leaves a half-written export behind. ``state_dict`` replaces the model's own
+    (the full weights gathered from FSDP2 shards, see ``lightning_rlhf.strategies``).
     """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -181,7 +183,7 @@ def export_pretrained(
         _rmtree(tmp)
     if merge_lora and hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if directory.exists():
         _rmtree(directory)

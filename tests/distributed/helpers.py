@@ -1,5 +1,5 @@
-"""Helpers of the 2-process tests: a per-rank loss recorder and an FSDP2-aware export callback
-(both importable by class path from a CLI run: ``tests`` is a package)."""
+"""Helper of the 2-process tests: a per-rank loss recorder (importable by class path from a CLI
+run: ``tests`` is a package)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import lightning as L
-
-from lightning_rlhf.strategies import full_state_dict
 
 
 class LossRecorder(L.Callback):
@@ -26,15 +24,3 @@ class LossRecorder(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = Path(trainer.default_root_dir) / f"losses_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(self.losses))
-
-
-class ShardedExport(L.Callback):
-    """``save_pretrained`` of the policy at fit end, gathered from its FSDP2 shards first."""
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        state = full_state_dict(pl_module.policy)
-        if trainer.is_global_zero:
-            target = Path(trainer.default_root_dir) / "export"
-            pl_module.policy.save_pretrained(target, state_dict=state)
-            pl_module.tokenizer.save_pretrained(target)
-        trainer.strategy.barrier("sharded_export")

@@ -31,7 +31,7 @@ def _fit(root: Path, config: str, *extra: str, devices: int, batch: int, steps: 
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"save_last": True, "every_n_train_steps": 2}},
         {"class_path": "tests.distributed.helpers.LossRecorder"},
-        {"class_path": "tests.distributed.helpers.ShardedExport"},
+        {"class_path": "lightning_rlhf.callbacks.HFExport"},
     ]  # fmt: skip
     args = [
         sys.executable, "-m", "lightning_rlhf", "fit",
