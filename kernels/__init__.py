@@ -1,4 +1,4 @@
-"""Fused loss-path ops for RLHF training: sequence log-probs, clipped ratio losses, macro-action GAE.
+"""Fused loss-path ops for RLHF: sequence log-probs, clipped ratio losses, macro-action GAE.
 
 Standalone: imports torch (and triton, lazily, where it is installed), never ``lightning_rlhf``.
 Every op takes ``backend="auto" | "triton" | "torch"``; "auto" runs Triton on CUDA tensors and the

@@ -35,6 +35,6 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
             raise RuntimeError("backend='triton' was asked for but triton is not installed")
         if not on_cuda and not _interpreting():
             raise RuntimeError(
-                "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing triton)"
+                "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before triton loads)"
             )
     return backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tests.algorithms.e2e import run_fit, tiny_policy
 
 

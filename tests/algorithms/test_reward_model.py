@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from tests.algorithms.e2e import run_fit
 from transformers import AutoModelForSequenceClassification
 
 from lightning_rlhf.losses import bradley_terry_loss
 from lightning_rlhf.models import sequence_scores
+from tests.algorithms.e2e import run_fit
 
 
 def test_reward_model_fits_resumes_and_exports(tmp_path, sft_export):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.algorithms.e2e import run_fit, tiny_policy
 from transformers import AutoModelForCausalLM
 
 from lightning_rlhf.models import response_logprobs
+from tests.algorithms.e2e import run_fit, tiny_policy
 
 
 def test_sft_fits_resumes_and_exports(tmp_path):
