@@ -43,6 +43,9 @@ class RLHFModule(L.LightningModule):
 
     #: the data-module format this algorithm consumes ("prompt", "response", "pair", "ranked")
     data_format: str = "response"
+    #: whether the policy trains with dropout on (off for on-policy RL, where the old and new
+    #: log-probs of a rollout must come from the same deterministic network)
+    dropout_in_training: bool = True
     #: attribute names of frozen models that are rebuilt, not checkpointed
     frozen_modules: tuple[str, ...] = ()
 
@@ -98,6 +101,7 @@ class RLHFModule(L.LightningModule):
         FSDP2 (a device mesh is set) shard it, and the frozen causal LMs, layer by layer."""
         if self.policy is None:
             self.policy = self.build_policy()
+            self.policy.train(self.dropout_in_training)  # from_pretrained returns eval mode
             self._check_context_length()
             self.build_frozen()
             if getattr(self, "_device_mesh", None) is not None:

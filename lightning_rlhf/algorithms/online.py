@@ -71,6 +71,7 @@ class OnlineRLModule(RLHFModule):
     """
 
     data_format = "prompt"
+    dropout_in_training = False
     frozen_modules = ("reference",)
 
     def __init__(
