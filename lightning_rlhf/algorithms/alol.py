@@ -122,6 +122,8 @@ class ALoL(FrozenReference, RLHFModule):
                 "{run}/sft/export",
                 "--model.init_args.variant",
                 name,
+                # a_lol_kl with beta 0 would be a_lol_ref_free; 0.1 as in ALGORITHMS.md's check
+                *(("--model.init_args.kl_beta", "0.1") if name == "a_lol_kl" else ()),
             ),
             quick=(
                 "--trainer.max_steps",
