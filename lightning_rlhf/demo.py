@@ -92,12 +92,12 @@ def _row(stage: DemoStage, cli, wall: float, reference, eval_prompts: int) -> di
         "tokens_per_s": module.tokens_seen / max(wall, 1e-9),
     }
     if stage.policy_row:
-        ref = reference if reference is not None else None
         result = evaluate_policy(
-            module.policy, module.tokenizer, reference=ref, num_prompts=eval_prompts
+            module.policy, module.tokenizer, reference=reference, num_prompts=eval_prompts
         )
-        row.update({k: result.get(k) for k in COLUMNS if k in result})
-        row["reward"] = result["reward"]
+        row.update({k: result[k] for k in COLUMNS if k in result})
+        if reference is None:  # the SFT policy is the reference itself
+            row["kl"] = 0.0
     else:
         row["pairwise_accuracy"] = float(
             cli.trainer.callback_metrics.get("val/accuracy", float("nan"))
@@ -152,15 +152,14 @@ def _plot(rows: list[dict], path: Path) -> None:
         )
         return
     points = [r for r in rows if r.get("kl") is not None and r.get("reward") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in points:
-        ax.scatter(r["kl"], r["reward"])
-        ax.annotate(
-            r["algorithm"], (r["kl"], r["reward"]), textcoords="offset points", xytext=(4, 4)
-        )
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    markers = "osD^v<>phX*"
+    for i, r in enumerate(points):
+        ax.scatter(r["kl"], r["reward"], marker=markers[i % len(markers)], label=r["algorithm"])
     ax.set_xlabel("KL(policy || SFT) per response (nats)")
     ax.set_ylabel("held-out reward (greedy)")
     ax.set_title("arithmetic with noisy demonstrations")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
