@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_rlhf.algorithms.base import RLHFModule, Schedule
+from lightning_rlhf.algorithms.base import RLHFModule
 from lightning_rlhf.data.collate import pad
 from lightning_rlhf.data.priority import PrioritySampler
 from lightning_rlhf.demo import DemoStage
@@ -151,21 +151,9 @@ class ALoL(FrozenReference, RLHFModule):
         priority_sampling: bool = True,
         cache_path: str | None = None,
         lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 0,
-        schedule: Schedule = "constant",
-        max_nonfinite_steps: int = 10,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            schedule=schedule,
-            max_nonfinite_steps=max_nonfinite_steps,
-        )
+        super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
         self.variant, self.reward_spec = variant, reward
         self.value_options = value_head or ValueHeadOptions()

@@ -7,12 +7,12 @@ the initial policy (or the LoRA base with adapters disabled) and runs live, unde
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from lightning_rlhf.algorithms.alol import FrozenReference
-from lightning_rlhf.algorithms.base import RLHFModule, Schedule
+from lightning_rlhf.algorithms.base import RLHFModule
 from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.preference import dpo_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
@@ -66,21 +66,9 @@ class DPO(FrozenReference, RLHFModule):
         label_smoothing: float = 0.0,
         loss_type: Literal["sigmoid", "ipo"] = "sigmoid",
         lr: float = 5e-7,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 0,
-        schedule: Schedule = "constant",
-        max_nonfinite_steps: int = 10,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            schedule=schedule,
-            max_nonfinite_steps=max_nonfinite_steps,
-        )
+        super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
         self.reference = None
         self.skipped_pairs = 0

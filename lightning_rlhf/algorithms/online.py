@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_rlhf.algorithms.base import RLHFModule, Schedule, lr_lambda
+from lightning_rlhf.algorithms.base import RLHFModule, lr_lambda
 from lightning_rlhf.models import ModelConfig, frozen_copy, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import kl_penalty, sequence_kl
@@ -92,21 +92,9 @@ class OnlineRLModule(RLHFModule):
         normalize_reward: bool = False,
         seed: int = 0,
         lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 0,
-        schedule: Schedule = "constant",
-        max_nonfinite_steps: int = 10,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            schedule=schedule,
-            max_nonfinite_steps=max_nonfinite_steps,
-        )
+        super().__init__(policy, lr=lr, **kwargs)
         _check_positive(
             samples_per_prompt=samples_per_prompt,
             max_new_tokens=max_new_tokens,

@@ -5,9 +5,11 @@ policy log-likelihoods, temperatures come from reward gaps, plus an SFT term on 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from lightning_rlhf.algorithms.base import RLHFModule, Schedule
+from lightning_rlhf.algorithms.base import RLHFModule
 from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.preference import pro_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
@@ -38,21 +40,9 @@ class PRO(RLHFModule):
         policy: ModelConfig,
         sft_weight: float | None = None,
         lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 0,
-        schedule: Schedule = "constant",
-        max_nonfinite_steps: int = 10,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            schedule=schedule,
-            max_nonfinite_steps=max_nonfinite_steps,
-        )
+        super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:

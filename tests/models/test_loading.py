@@ -15,16 +15,7 @@ from lightning_rlhf.models import (
     load_causal_lm,
     response_logprobs,
 )
-
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
+from tests.algorithms.e2e import TINY
 
 
 @pytest.fixture(scope="module")

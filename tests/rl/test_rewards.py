@@ -14,16 +14,8 @@ import torch
 from lightning_rlhf.data.tasks import arithmetic, get_tokenizer
 from lightning_rlhf.models import ModelConfig, export_pretrained, load_reward_model, sequence_scores
 from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
+from tests.algorithms.e2e import TINY
 
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
 PROMPTS = ["12+30=", "7+5=", "99+99="]
 RESPONSES = ["42", "13", "1"]
 

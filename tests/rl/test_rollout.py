@@ -7,6 +7,7 @@ import torch
 from lightning_rlhf.data.tasks import get_tokenizer
 from lightning_rlhf.models import ModelConfig, load_causal_lm
 from lightning_rlhf.rl.rollout import generate, left_pad_prompts, response_mask_until_eos
+from tests.algorithms.e2e import TINY
 
 
 def test_mask_ends_at_first_eos_inclusive():
@@ -18,16 +19,7 @@ def test_mask_ends_at_first_eos_inclusive():
 def test_generate_greedy_matches_unbatched_and_restores_train_mode():
     tok = get_tokenizer("arithmetic")
     torch.manual_seed(0)
-    config = {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-    }
-    model = load_causal_lm(ModelConfig(config=config), tok).train()
+    model = load_causal_lm(ModelConfig(config=TINY), tok).train()
     prompts = ["1+2=", "34+56=", "7+8="]
     ids, mask = left_pad_prompts(tok, prompts)
     assert (mask[:, 0] == 0).any() and (mask[:, -1] == 1).all(), "prompts must be left-padded"
