@@ -32,8 +32,8 @@ class P3O(OnlineRLModule):
     """
 
     demo_stages = (
-        online_stage("p3o", "p3o/arithmetic.yaml", 24, 96, 16),
-        online_stage("p3o_rm", "p3o/arithmetic_rm.yaml", 25, 96, 16, *RM_EXPORT),
+        online_stage("p3o", "p3o/arithmetic.yaml", 24, 48, 8),
+        online_stage("p3o_rm", "p3o/arithmetic_rm.yaml", 25, 48, 8, *RM_EXPORT),
     )
 
     def __init__(
