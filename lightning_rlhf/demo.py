@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,9 +120,7 @@ def _teacher_row(eval_prompts: int) -> dict:
 
 def write_results(rows: list[dict], run: Path) -> None:
     """results.md / results.csv, and reward_vs_kl.png when matplotlib is installed."""
-    columns = COLUMNS + (
-        ["pairwise_accuracy"] if any("pairwise_accuracy" in r for r in rows) else []
-    )
+    columns = COLUMNS + [c for c in ("pairwise_accuracy", "error") if any(c in r for r in rows)]
     with (run / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -190,12 +189,25 @@ def run_demo(
                 reference = _load_reference(run / "sft" / "export")
         else:
             rank_zero_info(f"\n=== demo stage: {stage.name} ({stage.config}) ===")
-            cli, wall = _fit(stage, run, quick)
+            try:
+                cli, wall = _fit(stage, run, quick)
+            except Exception as err:  # one broken stage must not cost the others their rows
+                if stage.name in ("sft", "reward_model"):
+                    raise  # every later stage starts from these
+                logging.getLogger(__name__).exception("demo stage %s failed", stage.name)
+                rows.append({"algorithm": stage.name, "error": _first_line(err)})
+                write_results(rows, run)
+                continue
             rows.append(_row(stage, cli, wall, reference, eval_prompts))
             if stage.name == "sft":
                 reference = frozen_copy(cli.model.policy)
         write_results(rows, run)
     return rows
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _load_reference(path: Path) -> torch.nn.Module:
@@ -222,4 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
     only = args.only.split(",") if args.only else None
-    run_demo(Path(args.out), args.quick, only, args.eval_prompts, reuse=args.reuse)
+    rows = run_demo(Path(args.out), args.quick, only, args.eval_prompts, reuse=args.reuse)
+    failed = [r["algorithm"] for r in rows if "error" in r]
+    if failed:
+        raise SystemExit(f"demo: stages failed: {', '.join(failed)} (see results.md and the log)")
