@@ -227,14 +227,18 @@ class RLHFModule(L.LightningModule):
             value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
             self.log(f"{prefix}/{key}", value, batch_size=batch_size, **kwargs)
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The module's state without its frozen modules (reference, value head, ...): they are
+        rebuilt from their sources, so checkpoints, single-file or distributed, never hold them."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for key in [k for k in state if k[len(prefix) :].split(".", 1)[0] in self.frozen_modules]:
+            del state[key]
+        return state
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drop frozen modules (reference, reward model) from the checkpoint: they are rebuilt."""
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["skipped_steps"] = self.skipped_steps
-        state = checkpoint.get("state_dict", {})
-        for name in self.frozen_modules:
-            for key in [k for k in state if k.startswith(f"{name}.")]:
-                del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)

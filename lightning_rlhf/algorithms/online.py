@@ -290,8 +290,9 @@ class OnlineRLModule(RLHFModule):
         self, exp: Experience, group: list[torch.Tensor]
     ) -> list[dict[str, torch.Tensor]]:
         """Accumulate the gradients of ``group``'s minibatches (each weighted by its share of the
-        rows), clip, step the optimiser and the lr schedule. A non-finite loss or gradient skips
-        the whole step (counted by ``guard_loss``)."""
+        rows), clip, step the optimiser and the lr schedule. A non-finite loss skips the whole
+        step (``guard_loss``); non-finite gradients are dropped before the optimiser step by the
+        base class's ``on_before_optimizer_step`` (on every rank, FSDP2 shards included)."""
         opt, sched = self.optimizers(), self.lr_schedulers()
         total = sum(len(rows) for rows in group)
         stats, ok = [], True
@@ -308,16 +309,11 @@ class OnlineRLModule(RLHFModule):
             self.clip_gradients(
                 opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
             )
-        if ok and self.guard_loss(self._grad_norm()) is not None:
+        if ok:
             opt.step()
             sched.step()
         opt.zero_grad(set_to_none=True)
         return stats
-
-    def _grad_norm(self) -> torch.Tensor:
-        """The global L2 norm of the current gradients (after clipping)."""
-        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
-        return torch.stack(grads).norm() if grads else torch.zeros(())
 
     # --- validation ---------------------------------------------------------------------------
     @torch.no_grad()

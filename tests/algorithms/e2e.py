@@ -74,4 +74,4 @@ def run_fit(
 
 def tiny_policy() -> list[str]:
     """CLI arguments that replace the policy by a tiny from-scratch Llama."""
-    return ["--model.init_args.policy", json.dumps({"config": TINY})]
+    return ["--model.init_args.policy", json.dumps({"name_or_path": None, "config": TINY})]
