@@ -8,12 +8,14 @@ typed ``__init__`` signatures, so a wrong key gets a one-line error naming it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_rlhf.algorithms import RLHFModule
+from lightning_rlhf.algorithms.base import NonFiniteLossError
 from lightning_rlhf.data import RLHFDataModule
 
 
@@ -53,12 +55,29 @@ def _logger(name: str, root: str) -> Namespace:
     return Namespace(class_path=f"lightning.pytorch.loggers.{name}", init_args=init_args)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m lightning_rlhf`` and the ``lightning-rlhf`` script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
-        from lightning_rlhf.demo import main as demo_main
+#: errors that mean "the input is wrong" (data, config values, paths, strategy, a run that kept
+#: producing NaN): the CLI prints their one-line message instead of a traceback
+USER_ERRORS = (ValueError, OSError, NonFiniteLossError)
 
-        demo_main(argv[1:])
-        return
-    RLHFCLI(args=argv)
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m lightning_rlhf`` and the ``lightning-rlhf`` script.
+
+    An input error ends the process with its one-line message and exit code 2; set
+    ``LIGHTNING_RLHF_DEBUG=1`` to get the traceback instead.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "demo":
+            from lightning_rlhf.demo import main as demo_main
+
+            demo_main(args[1:])
+        else:
+            RLHFCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+    except USER_ERRORS as err:
+        if os.environ.get("LIGHTNING_RLHF_DEBUG") == "1":
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
+        print("(set LIGHTNING_RLHF_DEBUG=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
