@@ -24,6 +24,7 @@ from lightning_rlhf.losses.critic_free import (
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.rl.buffer import Experience
 from lightning_rlhf.rl.kl import sequence_kl
+from lightning_rlhf.rl.rewards import normalize_rewards
 
 
 class SequencePolicyGradient(OnlineRLModule):
@@ -99,6 +100,10 @@ class ReMax(SequencePolicyGradient):
         with timed(timings, "score", self.device):
             baseline = self.score(exp.extra["prompts"], greedy.responses)  # (N,)
         self.log("rollout/greedy_reward", baseline.mean(), batch_size=exp.num_rows)
+        # the same scale (running std, clip) as exp.scores, without updating the statistics
+        baseline = normalize_rewards(
+            baseline, self.reward_moments, clip=self.hparams.reward_clip, update=False
+        )
         exp.advantages = remax_advantages(self.penalised_scores(exp), baseline)  # (N,)
 
 

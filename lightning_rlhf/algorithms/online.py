@@ -106,6 +106,7 @@ class OnlineRLModule(RLHFModule):
         self.automatic_optimization = False
         self.kl_beta = float(kl_beta)
         self.last_rollout_kl = 0.0
+        self.last_rollout_size = 0  # samples behind last_rollout_kl, all ranks
         self.reference: nn.Module | None = None
         self.reward_moments = RunningMoments() if normalize_reward else None
         self._reward_fn: Any = None
@@ -222,18 +223,26 @@ class OnlineRLModule(RLHFModule):
         with timed(timings, "logprobs", self.device):
             exp.old_logprobs, entropy = self.logprobs(self.policy, exp, entropy=True)
             exp.ref_logprobs = self.reference_logprobs(exp)
+        if self.reward_moments is not None:  # every rank updates with every rank's rewards
+            self.reward_moments.update(self._gather(raw).reshape(-1))
         exp.scores = normalize_rewards(
-            raw, self.reward_moments, clip=self.hparams.reward_clip, scale_only=True
+            raw, self.reward_moments, clip=self.hparams.reward_clip, update=False
         )
         self._log_rollout(exp, entropy)
         return exp
+
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` from every rank stacked on a new first dim (itself, (1, ...), alone)."""
+        return self.all_gather(tensor) if self._trainer is not None else tensor[None]
 
     def _log_rollout(self, exp: Experience, entropy: torch.Tensor) -> None:
         """Reward, KL (k1 and k3 per sequence), entropy and length of the rollout."""
         mask = exp.mask
         seq_kl = sequence_kl(exp.old_logprobs, exp.ref_logprobs, mask)  # (N,)
         k3 = kl_penalty(exp.old_logprobs, exp.ref_logprobs, mask, "k3").sum(-1)  # (N,)
-        self.last_rollout_kl = float(seq_kl.mean())
+        # the KL controller sees the mean over all ranks' samples, and how many there were
+        self.last_rollout_kl = float(self._gather(seq_kl.mean()).mean())
+        self.last_rollout_size = exp.num_rows * (self._trainer.world_size if self._trainer else 1)
         raw = exp.extra["raw_scores"]
         stats = {
             "reward": raw.mean(),

@@ -199,6 +199,9 @@ def load_reward(
     return _load_python(spec)
 
 
+MIN_STD = 1e-3  # running stds below this are treated as 1 by normalize_rewards
+
+
 class RunningMoments:
     """Running mean and standard deviation of a stream of rewards (Chan et al. parallel merge).
 
@@ -255,6 +258,9 @@ def normalize_rewards(
 ) -> torch.Tensor:
     """Normalise by running moments, then clip (trlx / P3O: divide by a running std, clip ±10).
 
+    A running std below ``MIN_STD`` (e.g. a first batch of equal rewards) counts as 1: dividing
+    by it would blow the rewards up by orders of magnitude.
+
     Args:
         rewards: (B,) scores.
         moments: running statistics, first updated with ``rewards`` when ``update``; None
@@ -269,7 +275,7 @@ def normalize_rewards(
     if moments is not None:
         if update:
             moments.update(r)
-        std = max(moments.std, 1e-8)
+        std = moments.std if moments.std >= MIN_STD else 1.0
         r = r / std if scale_only else (r - moments.mean) / std
     if clip is not None:
         r = r.clamp(-clip, clip)

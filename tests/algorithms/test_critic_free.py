@@ -90,3 +90,21 @@ def test_fits_resumes_and_changes_every_weight(config, sft_export, tmp_path):
     resumed, snap2 = run_fit(config, tmp_path, *online_args(sft_export), steps=4, ckpt_path=last)
     assert snap2.start_step == 2 and resumed.trainer.global_step == 4
     assert snap2.unchanged(resumed.model) == []
+
+
+def test_remax_baseline_is_normalised_like_the_scores(sft_export):
+    """With running reward normalisation, the greedy baseline is divided by the same running std
+    as the sampled scores (a raw baseline minus normalised scores would be meaningless)."""
+    module = make_module(ReMax, sft_export, kl_beta=0.0, normalize_reward=True)
+    module._reward_fn = lambda prompts, responses: torch.full((len(prompts),), 0.75)
+    module.reward_moments.update(torch.tensor([0.0, 4.0]))  # running std 2.83
+    std = module.reward_moments.std
+    exp = hand_made_experience(module)
+    exp.extra["raw_scores"] = exp.scores
+    exp.scores = exp.scores / std
+    module.compute_advantages(exp, {})
+    p = exp.prompt_length
+    greedy = module.sample(exp.input_ids[:, :p], exp.attention_mask[:, :p], do_sample=False)
+    baseline = module.score(exp.extra["prompts"], greedy.responses)
+    assert baseline.abs().sum() > 0, "a zero baseline could not tell raw from normalised"
+    torch.testing.assert_close(exp.advantages, (exp.extra["raw_scores"] - baseline) / std)

@@ -110,3 +110,12 @@ def test_normalize_rewards():
     centred = normalize_rewards(r, moments, clip=None, scale_only=False, update=False)
     np.testing.assert_allclose(centred.numpy(), (r.numpy() - r.numpy().mean()) / std, rtol=1e-6)
     torch.testing.assert_close(normalize_rewards(r, None, clip=10.0), r.clamp(-10, 10))
+
+
+def test_a_zero_variance_start_does_not_blow_rewards_up():
+    moments = RunningMoments()
+    out = normalize_rewards(torch.full((8,), 0.5), moments, clip=None)
+    torch.testing.assert_close(out, torch.full((8,), 0.5))  # std 0 -> treated as 1
+    out = normalize_rewards(torch.tensor([0.0, 1.0]), moments, clip=None)
+    assert moments.std > 1e-3
+    torch.testing.assert_close(out, torch.tensor([0.0, 1.0]) / moments.std)
