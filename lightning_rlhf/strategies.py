@@ -1,10 +1,12 @@
 """Distributed strategies: which algorithm runs under which Lightning strategy, the check that
 refuses the rest with a one-line error, and the FSDP2 sharding applied in ``configure_model``.
 
-Support (``docs/scaling.md`` has the table): single device, DDP and FSDP2 (``FSDP2Strategy``, a
-``ModelParallelStrategy`` whose data-parallel size is the world size) run every algorithm; FSDP1
-(``FSDPStrategy``) only the automatic-optimisation ones, since its gradient clipping and
-optimizer hooks break under manual optimisation (the online algorithms).
+Support (the README's Scaling section has the table): single device, DDP and FSDP2
+(``FSDP2Strategy``, a ``ModelParallelStrategy`` whose data-parallel size is the world size) run
+every algorithm but PPO/MA-PPO (their critic is neither sharded nor synchronised under FSDP2);
+FSDP1 (``FSDPStrategy``) only the automatic-optimisation ones, since its gradient clipping and
+optimizer hooks break under manual optimisation (the online algorithms). A module narrows its
+own support with ``supported_strategies`` (and says why in ``strategy_note``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def strategy_kind(strategy: Strategy) -> str:
 
 def supported_kinds(module: nn.Module) -> tuple[str, ...]:
     """The strategy kinds ``module`` (an ``RLHFModule``) supports."""
+    own = getattr(module, "supported_strategies", None)
+    if own is not None:
+        return tuple(own)
     manual = not getattr(module, "automatic_optimization", True)
     return SUPPORT["manual" if manual else "automatic"]
 
@@ -60,7 +65,10 @@ def check_strategy(module: nn.Module, strategy: Strategy) -> None:
     allowed = supported_kinds(module)
     if kind not in allowed:
         name = type(module).__name__
-        why = " (FSDP1 breaks with manual optimisation)" if kind == "fsdp" else ""
+        note = getattr(module, "strategy_note", None)
+        why = f" ({note})" if note else ""
+        if kind == "fsdp" and not note:
+            why = " (FSDP1 breaks with manual optimisation)"
         raise UnsupportedStrategyError(
             f"{name} cannot run under trainer.strategy={type(strategy).__name__}{why}; "
             f"supported: {', '.join(allowed)} (e.g. --config configs/trainer/fsdp2.yaml)"

@@ -127,3 +127,17 @@ def test_strategy_the_algorithm_cannot_use():
     assert "manual optimisation" in message and "fsdp2" in message
     check_strategy(online, DDPStrategy())  # supported: no error
     check_strategy(SFT(ModelConfig(config=TINY)), FSDPStrategy())
+
+
+def test_ppo_refuses_fsdp2_because_its_critic_would_drift():
+    from lightning_rlhf.algorithms.ppo import MAPPO, PPO
+    from lightning_rlhf.strategies import FSDP2Strategy
+
+    for cls in (PPO, MAPPO):
+        module = cls(ModelConfig(config=TINY))
+        with pytest.raises(UnsupportedStrategyError) as err:
+            check_strategy(module, FSDP2Strategy())
+        message = _one_line(err)
+        assert f"{cls.__name__} cannot run under trainer.strategy=FSDP2Strategy" in message
+        assert "critic" in message and "supported: single, ddp" in message
+        check_strategy(module, DDPStrategy())

@@ -54,6 +54,9 @@ class PPO(OnlineRLModule):
         The rest: see :class:`OnlineRLModule`.
     """
 
+    # the critic (a full LM body) is neither sharded nor gradient-synchronised by FSDP2
+    supported_strategies = ("single", "ddp")
+    strategy_note = "its critic is not sharded or synchronised under FSDP2; use DDP"
     demo_stages = (
         online_stage("ppo", "ppo/arithmetic.yaml", 20, 48, 8),
         online_stage("ppo_rm", "ppo/arithmetic_rm.yaml", 21, 48, 8, *RM_EXPORT),
