@@ -141,3 +141,11 @@ def test_ppo_refuses_fsdp2_because_its_critic_would_drift():
         assert f"{cls.__name__} cannot run under trainer.strategy=FSDP2Strategy" in message
         assert "critic" in message and "supported: single, ddp" in message
         check_strategy(module, DDPStrategy())
+
+
+def test_online_generation_past_the_models_context(tmp_path):
+    from tests.algorithms.e2e import run_fit, tiny_policy
+
+    too_long = ["--model.init_args.max_new_tokens", "60", "--data.num_val", "8"]
+    with pytest.raises(ValueError, match=r"max_new_tokens = 76 exceeds the model's context of 64"):
+        run_fit("rloo/arithmetic.yaml", tmp_path, *tiny_policy(), *too_long, steps=1)

@@ -117,6 +117,20 @@ class OnlineRLModule(RLHFModule):
         """K, the responses sampled per prompt."""
         return self.hparams.samples_per_prompt
 
+    def _check_context_length(self) -> None:
+        """Refuse prompts + generated responses longer than the model's context window (online
+        algorithms generate ``max_new_tokens``; ``data.max_response_length`` plays no part)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        limit = getattr(getattr(self.policy, "config", None), "max_position_embeddings", None)
+        if datamodule is None or not isinstance(limit, int):
+            return
+        needed = datamodule.max_prompt_length + self.hparams.max_new_tokens
+        if needed > limit:
+            raise ValueError(
+                f"data.max_prompt_length + model.max_new_tokens = {needed} exceeds the model's "
+                f"context of {limit} tokens (max_position_embeddings): lower them"
+            )
+
     # --- set-up -------------------------------------------------------------------------------
     def build_frozen(self) -> None:
         """The reference: a frozen copy of the initial policy (none with LoRA: adapter off)."""

@@ -204,6 +204,8 @@ class MAPPO(PPO):
             options["ref_logprobs"] = exp.ref_logprobs
         if hp.segmenter == "punctuation":
             options["tokenizer"] = self.tokenizer
+        if hp.segmenter == "randomized":  # fresh, reproducible cuts for every rollout
+            options["seed"] = options.get("seed", hp.seed) * 1_000_003 + self.global_step
         return segment(exp.response_ids, exp.mask, rule=hp.segmenter, n=hp.n, **options)
 
     def gae_options(self) -> dict[str, Any]:

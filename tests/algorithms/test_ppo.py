@@ -121,3 +121,16 @@ def test_lora_policy_uses_the_base_as_reference_and_a_full_critic(sft_export):
     moved = module.logprobs(module.policy, exp)
     assert (moved - exp.old_logprobs).abs().max() > 1e-4
     torch.testing.assert_close(module.reference_logprobs(exp), exp.ref_logprobs)
+
+
+def test_randomized_segmenter_cuts_differently_each_rollout_and_reproducibly(sft_export):
+    from unittest.mock import PropertyMock, patch
+
+    module = make_module(MAPPO, sft_export, segmenter="randomized", n=2)
+    exp = hand_made_experience(module, responses=["1234567", "7654321", "1111111", "2222222"])
+    cuts = {}
+    for step in (0, 1, 0):
+        with patch.object(MAPPO, "global_step", new_callable=PropertyMock, return_value=step):
+            cuts.setdefault(step, []).append(module.segments(exp))
+    assert torch.equal(cuts[0][0], cuts[0][1]), "the same rollout step must cut the same way"
+    assert not torch.equal(cuts[0][0], cuts[1][0]), "another rollout step should cut differently"
