@@ -137,11 +137,15 @@ class RLHFModule(L.LightningModule):
         """Subclasses build reference / reward models here."""
 
     # --- optimisation -------------------------------------------------------------------------
+    def trainable_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: every parameter that requires grad, in one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over :meth:`trainable_groups`, with the configured lr shape stepped per step."""
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas)
+            self.trainable_groups(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas)
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(

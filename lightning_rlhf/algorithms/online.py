@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_rlhf.algorithms.base import RLHFModule, lr_lambda
+from lightning_rlhf.algorithms.base import RLHFModule
 from lightning_rlhf.models import ModelConfig, frozen_copy, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import kl_penalty, sequence_kl
@@ -146,22 +146,8 @@ class OnlineRLModule(RLHFModule):
         return self._reward_fn
 
     def trainable_groups(self) -> list[dict[str, Any]]:
-        """Optimiser parameter groups; PPO adds the critic's with its own learning rate."""
+        """The policy's parameters (PPO adds the critic's, with its own learning rate)."""
         return [{"params": [p for p in self.policy.parameters() if p.requires_grad]}]
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            self.trainable_groups(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas)
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(hp.schedule, hp.warmup_steps, total)
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
     # --- rollout ------------------------------------------------------------------------------
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, **kw: Any) -> Rollout:

@@ -18,9 +18,9 @@ def sft_loss(
         loss = -sum(m * logprobs) / max(sum(m), 1); stats: ``loss``, ``ppl`` (exp of the loss),
         ``tokens`` (number of scored tokens).
     """
-    mask = mask.to(logprobs.dtype)
-    tokens = mask.sum()
-    loss = -(logprobs * mask).sum() / tokens.clamp(min=1)
+    tokens = mask.sum().to(logprobs.dtype)
+    masked = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))  # -inf pads stay out
+    loss = -masked.sum() / tokens.clamp(min=1)
     stats = {"loss": loss.detach(), "ppl": loss.detach().exp(), "tokens": tokens.detach()}
     return loss, stats
 

@@ -60,3 +60,13 @@ def test_score_is_read_at_last_real_token_for_either_padding(sft_export):
             atol=1e-5,
             rtol=1e-5,
         )
+
+
+def test_sft_loss_ignores_minus_inf_at_masked_positions():
+    from lightning_rlhf.losses import sft_loss
+
+    logprobs = torch.tensor([[-1.0, float("-inf")], [-2.0, -4.0]])
+    mask = torch.tensor([[1, 0], [1, 1]])
+    loss, stats = sft_loss(logprobs, mask)
+    torch.testing.assert_close(loss, torch.tensor(7.0 / 3))  # (1 + 2 + 4) / 3 tokens
+    assert stats["tokens"].item() == 3
