@@ -209,9 +209,10 @@ class ALoL(FrozenReference, RLHFModule):
             return
         dm = self.trainer.datamodule
         rewards = self.row_rewards(dm.train_dataset)
-        cache = _load_cache(self.cache_file(), rewards)
+        key = self.cache_key(dm)
+        cache = _load_cache(self.cache_file(), rewards, key)
         self.cache_hit = cache is not None
-        cache = cache or {"rewards": rewards, "values": None, "ref": None, "head": None}
+        cache = cache or {"rewards": rewards, "values": None, "ref": None, "head": None, "key": key}
         changed = False
         if self.variant in NEEDS_VALUE and cache["values"] is None:
             cache.update(self.estimate_values(dm))
@@ -225,6 +226,20 @@ class ALoL(FrozenReference, RLHFModule):
         self.values, self.ref_cache = cache["values"], cache["ref"] if needs_cached_ref else None
         self.priorities = self.row_priorities(rewards, self.values)
         self._log_offline(rewards)
+
+    def cache_key(self, dm: Any) -> dict[str, str | None]:
+        """What the cached values and reference log-probs depend on: the reference model, the
+        tokenised training and validation rows (``datasets`` fingerprints, which change with the
+        data, the tokenizer and the length limits), the value-head options and the scorer."""
+        policy = self.policy_config
+        val = getattr(dm.val_dataset, "_fingerprint", None)
+        return {
+            "reference": repr((policy.name_or_path, policy.config, policy.lora, policy.dtype)),
+            "train_rows": dm.train_dataset._fingerprint,
+            "val_rows": val,
+            "value_head": repr(self.hparams.value_head),
+            "reward": repr(self.reward_spec),
+        }
 
     def row_rewards(self, ds: datasets.Dataset) -> torch.Tensor:
         """(N,) R of every training row: the data's ``reward`` column or, when the data has none
@@ -455,12 +470,16 @@ def _checked_rewards(ds: datasets.Dataset) -> torch.Tensor:
     return rewards
 
 
-def _load_cache(path: Path, rewards: torch.Tensor) -> dict | None:
-    """The cache at ``path`` if it was made for these rows (same count and rewards), else None."""
+def _load_cache(path: Path, rewards: torch.Tensor, key: dict) -> dict | None:
+    """The cache at ``path`` if it was made for these rows, rewards, reference and options (see
+    ``ALoL.cache_key``), else None (and it is recomputed)."""
     if not path.exists():
         return None
     cache = torch.load(path, map_location="cpu", weights_only=False)
-    if cache["rewards"].shape != rewards.shape or not torch.equal(cache["rewards"], rewards):
-        rank_zero_info(f"A-LoL: {path} was made for other data; recomputing it")
+    old = cache["rewards"]
+    same_rewards = old.shape == rewards.shape and torch.equal(old, rewards)
+    if not same_rewards or cache.get("key") != key:
+        changed = [k for k in key if cache.get("key", {}).get(k) != key[k]] or ["rewards"]
+        rank_zero_info(f"A-LoL: {path} was made for another {', '.join(changed)}; recomputing it")
         return None
     return cache

@@ -89,6 +89,11 @@ def test_alol_fits_resumes_and_continues_the_stream(tmp_path, sft_export, varian
     )
     assert _recorded(mid) == stream[16:32]
 
+    # other tokenised rows (here: shorter responses) must not reuse the cached V(x) and
+    # reference log-probs of these ones
+    recut, _ = _fit(tmp_path, sft_export, *args, "--data.max_response_length", "4", steps=1)
+    assert not recut.model.cache_hit, "a cache made for other tokenised rows was reused"
+
 
 @pytest.mark.parametrize(
     "variant, extra",
