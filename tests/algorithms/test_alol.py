@@ -59,8 +59,10 @@ def test_alol_fits_resumes_and_continues_the_stream(tmp_path, sft_export, varian
     assert "train/importance_weight" in cli.trainer.callback_metrics
     assert (tmp_path / "alol_cache.pt").exists() and not module.cache_hit
     stats = module.offline_stats
-    assert stats["adv_positive"] + stats["adv_nonpositive"] == stats["rows"] == 64
-    assert stats["positive_rows"] == stats["adv_positive"] > 0
+    rewards = torch.tensor(cli.datamodule.train_dataset["reward"])  # the data's own R
+    advantages = rewards - module.values  # A = R - V(x), recomputed here
+    assert stats["rows"] == 64 and stats["adv_positive"] == int((advantages > 0).sum()) > 0
+    torch.testing.assert_close(module.priorities, advantages.clamp(min=0), atol=1e-6, rtol=0)
     assert not module.value_head.training
     assert not any(p.requires_grad for p in module.value_head.parameters())
 

@@ -59,10 +59,18 @@ def test_mappo_bigrams_share_advantages_within_a_macro(sft_export):
         for k in ids.unique():
             values = exp.advantages[b, :n][ids == k]
             assert torch.all(values == values[0])
-    # and the segment-level ratio is accepted by the loss
+    # the segment-level ratio is the product of a macro's token ratios: exactly kernels' segment
+    # form of the clipped surrogate (which the token-level test above pins by hand)
+    import kernels
+
     mappo.hparams.ratio_level = "segment"
-    loss, _ = mappo.loss(exp)
-    assert torch.isfinite(loss)
+    logprobs = mappo.logprobs(mappo.policy, exp)
+    expected, _ = kernels.ppo_clip_loss(
+        logprobs, exp.old_logprobs, exp.advantages, exp.mask, clip_low=0.2, clip_high=0.2,
+        ratio_level="segment", segment_ids=exp.segment_ids, backend="torch",
+    )  # fmt: skip
+    policy_loss = mappo.loss(exp)[1]["policy_loss"]
+    torch.testing.assert_close(policy_loss, expected.detach())
 
 
 def test_ppo_first_minibatch_is_on_policy(sft_export):
