@@ -361,6 +361,6 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"online RL: {name} must be >= 1, got {value}")
 
 
-def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_logprob_sum(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """l(y|x): the masked sum of (N, T) token log-probs -> (N,)."""
     return torch.where(mask.bool(), logprobs, 0.0).sum(-1)

@@ -31,7 +31,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _fusable(model: nn.Module) -> bool:
     """Whether the logits are exactly lm_head(hidden): no soft-capping or logit scaling."""
     config = _unwrap(model).config
-    return not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale"))
+    return not any(
+        getattr(config, k, None)
+        for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+    )
 
 
 def response_logprobs(
