@@ -136,6 +136,22 @@ class RLHFModule(L.LightningModule):
     def build_frozen(self) -> None:
         """Subclasses build reference / reward models here."""
 
+    # --- steps: a subclass implements compute_loss (online ones override the steps) ------------
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, detached stats)`` of a batch; the default steps below log the stats."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss, stats = self.compute_loss(batch)
+        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.count_tokens(batch["attention_mask"])
+        return self.guard_loss(loss)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, stats = self.compute_loss(batch)
+        size = batch["input_ids"].shape[0]
+        self.log_stats("val", stats, prog_bar=True, batch_size=size, sync_dist=True)
+
     # --- optimisation -------------------------------------------------------------------------
     def trainable_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups: every parameter that requires grad, in one group."""

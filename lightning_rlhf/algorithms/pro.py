@@ -45,7 +45,7 @@ class PRO(RLHFModule):
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         ids, am, rm = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
         if ids.dim() != 3 or ids.shape[1] < 2:
             raise ValueError(
@@ -58,13 +58,3 @@ class PRO(RLHFModule):
         flat = [t.reshape(b * n, length) for t in (ids, am, rm)]  # (B*N, L)
         logprobs = response_logprobs(self.policy, *flat).view(b, n, length)  # (B, N, L)
         return pro_loss(logprobs, rm, batch["rewards"], sft_weight=self.hparams.sft_weight)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        loss, stats = self._loss(batch)
-        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.count_tokens(batch["attention_mask"])
-        return self.guard_loss(loss)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        _, stats = self._loss(batch)
-        self.log_stats("val", stats, batch_size=batch["input_ids"].shape[0], sync_dist=True)

@@ -44,7 +44,7 @@ class RewardModel(RLHFModule):
     def build_policy(self) -> nn.Module:
         return load_reward_model(self.policy_config, self.tokenizer)
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         input_ids = batch["input_ids"]  # (B, 2, L): chosen, rejected
         b, n, length = input_ids.shape
         scores = sequence_scores(
@@ -53,15 +53,3 @@ class RewardModel(RLHFModule):
             batch["attention_mask"].reshape(b * n, length),
         ).view(b, n)  # (B, 2)
         return bradley_terry_loss(scores[:, 0], scores[:, 1])
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        loss, stats = self._loss(batch)
-        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.count_tokens(batch["attention_mask"])
-        return self.guard_loss(loss)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        _, stats = self._loss(batch)
-        self.log_stats(
-            "val", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True
-        )

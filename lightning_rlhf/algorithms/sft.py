@@ -37,20 +37,8 @@ class SFT(RLHFModule):
         ),
     )
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         logprobs = response_logprobs(
             self.policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
         )
         return sft_loss(logprobs, batch["response_mask"])
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        loss, stats = self._loss(batch)
-        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.count_tokens(batch["attention_mask"])
-        return self.guard_loss(loss)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        _, stats = self._loss(batch)
-        self.log_stats(
-            "val", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True
-        )

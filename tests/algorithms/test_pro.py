@@ -38,10 +38,10 @@ def test_pro_bad_batches(tmp_path, sft_export):
         for k, v in batch.items()
     }
     with pytest.raises(ValueError, match=r"PRO needs ranked lists of >= 2 responses"):
-        module._loss(one)
+        module.compute_loss(one)
     del batch["rewards"]
     with pytest.raises(ValueError, match="PRO needs a reward per candidate"):
-        module._loss(batch)
+        module.compute_loss(batch)
 
 
 def test_ranked_k_of_one_is_refused(tmp_path):
