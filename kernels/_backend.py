@@ -1,4 +1,5 @@
-"""Backend selection shared by every op: "auto" picks Triton on CUDA tensors, torch elsewhere."""
+"""What every op shares: backend selection ("auto" = Triton on CUDA tensors, torch elsewhere) and
+argument checks whose messages name the offending argument."""
 
 from __future__ import annotations
 
@@ -38,3 +39,23 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
                 "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before triton loads)"
             )
     return backend
+
+
+def check_same_shape(
+    ref_name: str, ref: torch.Tensor, *, dims: int, **others: torch.Tensor
+) -> None:
+    """One-line ValueError unless ``ref`` has ``dims`` dims and every other tensor its shape."""
+    if ref.dim() != dims:
+        want = "(B,)" if dims == 1 else "(B, T)"
+        raise ValueError(f"{ref_name} must be {want}, got shape {tuple(ref.shape)}")
+    for name, t in others.items():
+        if t.shape != ref.shape:
+            raise ValueError(
+                f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}"
+            )
+
+
+def check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    """Raise a one-line ValueError unless ``value`` is one of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._backend import resolve_backend
+from kernels._backend import check_choice, check_same_shape, resolve_backend
 
 VALUE_AGGS = ("mean", "position", "first")
 REWARD_AGGS = ("sum", "mean")
@@ -106,16 +106,9 @@ def _macro_gae_torch(rewards, values, mask, segment_ids, gamma, lam, value_agg, 
 
 def _check(rewards, values, mask, segment_ids, value_agg, reward_agg) -> None:
     """Shape and option checks with messages that name the offending argument."""
-    if rewards.dim() != 2:
-        raise ValueError(f"rewards must be (B, T), got shape {tuple(rewards.shape)}")
-    for name, t in (("values", values), ("mask", mask), ("segment_ids", segment_ids)):
-        if t.shape != rewards.shape:
-            raise ValueError(f"{name} must have the shape of rewards {tuple(rewards.shape)}, "
-                             f"got {tuple(t.shape)}")
-    if value_agg not in VALUE_AGGS:
-        raise ValueError(f"value_agg must be one of {VALUE_AGGS}, got {value_agg!r}")
-    if reward_agg not in REWARD_AGGS:
-        raise ValueError(f"reward_agg must be one of {REWARD_AGGS}, got {reward_agg!r}")
+    check_same_shape("rewards", rewards, dims=2, values=values, mask=mask, segment_ids=segment_ids)
+    check_choice("value_agg", value_agg, VALUE_AGGS)
+    check_choice("reward_agg", reward_agg, REWARD_AGGS)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._backend import resolve_backend
+from kernels._backend import check_choice, check_same_shape, resolve_backend
 from kernels.macro_gae import segment_index
 
 REDUCTIONS = ("token_mean", "seq_mean", "sum")
@@ -81,16 +81,10 @@ def _ppo_clip_loss_torch(logprobs, old_logprobs, advantages, mask, clip_low, cli
 
 def _check_ppo(logprobs, old_logprobs, advantages, mask, ratio_level, segment_ids, reduction):
     """Shape and option checks with messages that name the offending argument."""
-    if logprobs.dim() != 2:
-        raise ValueError(f"logprobs must be (B, T), got shape {tuple(logprobs.shape)}")
-    for name, t in (("old_logprobs", old_logprobs), ("advantages", advantages), ("mask", mask)):
-        if t.shape != logprobs.shape:
-            raise ValueError(f"{name} must have the shape of logprobs {tuple(logprobs.shape)}, "
-                             f"got {tuple(t.shape)}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if ratio_level not in RATIO_LEVELS:
-        raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
+    others = {"old_logprobs": old_logprobs, "advantages": advantages, "mask": mask}
+    check_same_shape("logprobs", logprobs, dims=2, **others)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("ratio_level", ratio_level, RATIO_LEVELS)
     if ratio_level == "segment" and (segment_ids is None or segment_ids.shape != logprobs.shape):
         raise ValueError("ratio_level='segment' needs segment_ids of shape (B, T)")
 
@@ -209,8 +203,11 @@ def p3o_clip_objective(
         loss (fp32 scalar) and detached stats: delta_mean, clip_frac, ratio1_mean, ratio2_mean,
         kl_mean (mean of l_theta - l_ref over both responses).
     """
-    if variant not in ("v1", "v2"):
-        raise ValueError(f"variant must be 'v1' or 'v2', got {variant!r}")
+    check_choice("variant", variant, ("v1", "v2"))
+    check_same_shape(
+        "logps1", logps1, dims=1, old_logps1=old_logps1, ref_logps1=ref_logps1, logps2=logps2,
+        old_logps2=old_logps2, ref_logps2=ref_logps2, rewards1=rewards1, rewards2=rewards2,
+    )  # fmt: skip
     l1, l2 = logps1.float(), logps2.float()
     o1, o2 = old_logps1.detach().float(), old_logps2.detach().float()
     delta = _p3o_delta(l1, ref_logps1, l2, ref_logps2, rewards1, rewards2, kl_beta)
