@@ -1,8 +1,9 @@
 """``python -m lightning_rlhf demo``: the embedded task end to end, then a comparison table.
 
 Trains SFT on the arithmetic task's noisy demonstrations with a tiny model from scratch, then the
-reward model, then every registered algorithm that declares a demo stage (``DemoStage`` on its
-class), each through the same ``fit`` machinery and the YAML files in ``configs/``. Writes
+reward model, then every algorithm in :data:`STAGES` (the demo's one table: a config under
+``configs/`` plus overrides), each through the same ``fit`` machinery. The algorithms know nothing
+of the demo. Writes
 ``results.md``, ``results.csv`` and ``reward_vs_kl.png`` into the run directory.
 """
 
@@ -13,7 +14,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ COLUMNS = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoStage:
     """How the demo trains one algorithm.
 
@@ -47,7 +48,6 @@ class DemoStage:
         overrides: extra CLI arguments; ``{run}`` expands to the demo's run directory.
         quick: arguments added in ``--quick`` mode (fewer steps, less data).
         policy_row: whether the stage trains a policy to evaluate (False for the reward model).
-        order: stages run in increasing order (SFT 0, reward model 10, the rest after).
     """
 
     name: str
@@ -55,16 +55,70 @@ class DemoStage:
     overrides: tuple[str, ...] = ()
     quick: tuple[str, ...] = ()
     policy_row: bool = True
-    order: int = 100
-    extra: dict = field(default_factory=dict)
+
+
+SFT_EXPORT = ("--model.init_args.policy.name_or_path", "{run}/sft/export")
+RM_EXPORT = ("--model.init_args.reward", "{run}/reward_model/export")
+OFFLINE_QUICK = ("--trainer.max_steps", "25", "--data.num_train", "1000")
+ALOL_VARIANTS = (
+    "a_lol", "a_lol_kl", "a_lol_ref_free", "a_lol_seq", "nll", "r_gold", "r_lol", "wbc"
+)  # fmt: skip
+
+
+def _online(name: str, config: str, steps: int, quick_steps: int, *extra: str) -> DemoStage:
+    """An online stage from the SFT export, ``steps`` optimiser steps (``quick_steps`` quick)."""
+    overrides = (*SFT_EXPORT, "--trainer.max_steps", str(steps), *extra)
+    return DemoStage(name, config, overrides, ("--trainer.max_steps", str(quick_steps)))
+
+
+def _alol(variant: str) -> DemoStage:
+    """One A-LoL-family stage; a_lol_kl runs with beta 0.1 (with 0 it would be a_lol_ref_free)."""
+    kl = ("--model.init_args.kl_beta", "0.1") if variant == "a_lol_kl" else ()
+    overrides = (*SFT_EXPORT, "--model.init_args.variant", variant, *kl)
+    quick = (*OFFLINE_QUICK, "--data.num_val", "128")
+    return DemoStage(variant, "alol/arithmetic.yaml", overrides, quick)
+
+
+#: every stage, in the order the demo runs them: SFT first, the reward model from its export, then
+#: the online methods, the A-LoL family, DPO and PRO, each from the SFT export
+STAGES: tuple[DemoStage, ...] = (
+    DemoStage(
+        "sft",
+        "sft/arithmetic.yaml",
+        quick=("--trainer.max_steps", "300", "--trainer.val_check_interval", "150",
+               "--data.num_train", "20000"),
+    ),
+    DemoStage(
+        "reward_model",
+        "reward_model/arithmetic.yaml",
+        SFT_EXPORT,
+        ("--trainer.max_steps", "100", "--trainer.val_check_interval", "50",
+         "--data.num_train", "4000"),
+        policy_row=False,
+    ),
+    _online("ppo", "ppo/arithmetic.yaml", 48, 8),
+    _online("ppo_rm", "ppo/arithmetic_rm.yaml", 48, 8, *RM_EXPORT),
+    _online("mappo", "mappo/arithmetic.yaml", 48, 8),
+    _online("mappo_rm", "mappo/arithmetic_rm.yaml", 48, 8, *RM_EXPORT),
+    _online("p3o", "p3o/arithmetic.yaml", 48, 8),
+    _online("p3o_rm", "p3o/arithmetic_rm.yaml", 48, 8, *RM_EXPORT),
+    _online("rloo", "rloo/arithmetic.yaml", 16, 4),
+    _online("remax", "remax/arithmetic.yaml", 16, 4),
+    _online("grpo", "grpo/arithmetic.yaml", 16, 4),
+    *(_alol(variant) for variant in ALOL_VARIANTS),
+    DemoStage("dpo", "dpo/arithmetic.yaml", SFT_EXPORT, (*OFFLINE_QUICK, "--data.num_val", "64")),
+    DemoStage(
+        "pro",
+        "pro/arithmetic.yaml",
+        SFT_EXPORT,
+        ("--trainer.max_steps", "25", "--data.num_train", "600", "--data.num_val", "64"),
+    ),
+)  # fmt: skip
 
 
 def registered_stages() -> list[DemoStage]:
-    """Every algorithm's demo stages in order (an algorithm adds its own via ``demo_stages``)."""
-    from lightning_rlhf.algorithms import ALGORITHMS
-
-    stages = [stage for cls in ALGORITHMS.values() for stage in getattr(cls, "demo_stages", ())]
-    return sorted(stages, key=lambda s: (s.order, s.name))
+    """The demo's stages, in the order they run."""
+    return list(STAGES)
 
 
 def _fit(stage: DemoStage, run: Path, quick: bool) -> tuple[object, float]:

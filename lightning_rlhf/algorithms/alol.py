@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 from lightning_rlhf.algorithms.base import RLHFModule
 from lightning_rlhf.data.collate import pad
 from lightning_rlhf.data.priority import PrioritySampler
-from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.alol import alol_loss
 from lightning_rlhf.losses.supervised import sft_loss
 from lightning_rlhf.models import ModelConfig, frozen_copy, response_logprobs
@@ -112,31 +111,6 @@ class ALoL(FrozenReference, RLHFModule):
 
     data_format = "response"
     frozen_modules = ("reference", "value_head")
-    demo_stages = tuple(
-        DemoStage(
-            name,
-            "alol/arithmetic.yaml",
-            order=50,
-            overrides=(
-                "--model.init_args.policy.name_or_path",
-                "{run}/sft/export",
-                "--model.init_args.variant",
-                name,
-                # a_lol_kl with beta 0 would be a_lol_ref_free; 0.1 as in ALGORITHMS.md's check
-                *(("--model.init_args.kl_beta", "0.1") if name == "a_lol_kl" else ()),
-            ),
-            quick=(
-                "--trainer.max_steps",
-                "25",
-                "--data.num_train",
-                "1000",
-                "--data.num_val",
-                "128",
-            ),
-        )
-        for name in ("a_lol", "a_lol_seq", "a_lol_ref_free", "a_lol_kl", "r_lol", "wbc", "r_gold")
-        + ("nll",)
-    )
 
     def __init__(
         self,

@@ -13,7 +13,6 @@ import torch
 
 import kernels
 from lightning_rlhf.algorithms.online import OnlineRLModule, timed
-from lightning_rlhf.algorithms.ppo import online_stage
 from lightning_rlhf.losses.critic_free import (
     grpo_advantages,
     grpo_loss,
@@ -67,7 +66,6 @@ class RLOO(SequencePolicyGradient):
     Args: see :class:`SequencePolicyGradient` (``samples_per_prompt`` K >= 2, default 4).
     """
 
-    demo_stages = (online_stage("rloo", "rloo/arithmetic.yaml", 26, 16, 4),)
 
     def __init__(self, policy: ModelConfig, samples_per_prompt: int = 4, **kwargs: Any) -> None:
         if samples_per_prompt < 2:
@@ -85,7 +83,6 @@ class ReMax(SequencePolicyGradient):
     Args: see :class:`SequencePolicyGradient` (``samples_per_prompt`` must stay 1).
     """
 
-    demo_stages = (online_stage("remax", "remax/arithmetic.yaml", 27, 16, 4),)
 
     def __init__(self, policy: ModelConfig, samples_per_prompt: int = 1, **kwargs: Any) -> None:
         if samples_per_prompt != 1:
@@ -118,7 +115,6 @@ class GRPO(OnlineRLModule):
         The rest: see :class:`OnlineRLModule` (K default 4, ``kl_beta`` default 0.04).
     """
 
-    demo_stages = (online_stage("grpo", "grpo/arithmetic.yaml", 28, 16, 4),)
 
     def __init__(
         self,

@@ -13,7 +13,6 @@ import torch
 
 from lightning_rlhf.algorithms.alol import FrozenReference
 from lightning_rlhf.algorithms.base import RLHFModule
-from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.preference import dpo_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
 
@@ -48,15 +47,6 @@ class DPO(FrozenReference, RLHFModule):
 
     data_format = "pair"
     frozen_modules = ("reference",)
-    demo_stages = (
-        DemoStage(
-            "dpo",
-            "dpo/arithmetic.yaml",
-            order=60,
-            overrides=("--model.init_args.policy.name_or_path", "{run}/sft/export"),
-            quick=("--trainer.max_steps", "25", "--data.num_train", "1000", "--data.num_val", "64"),
-        ),
-    )
 
     def __init__(
         self,

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import torch
 
 from lightning_rlhf.algorithms.online import OnlineRLModule, sequence_logprob_sum
-from lightning_rlhf.algorithms.ppo import RM_EXPORT, online_stage
 from lightning_rlhf.losses.p3o import p3o_loss
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.rl.buffer import Experience
@@ -31,10 +30,6 @@ class P3O(OnlineRLModule):
         The rest: see :class:`OnlineRLModule` (``samples_per_prompt`` must stay 2).
     """
 
-    demo_stages = (
-        online_stage("p3o", "p3o/arithmetic.yaml", 24, 48, 8),
-        online_stage("p3o_rm", "p3o/arithmetic_rm.yaml", 25, 48, 8, *RM_EXPORT),
-    )
 
     def __init__(
         self,

@@ -14,27 +14,12 @@ import torch
 
 import kernels
 from lightning_rlhf.algorithms.online import OnlineRLModule
-from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.ppo import masked_whiten, value_loss
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.models.critic import ValueModel, critic_from_policy, critic_from_reward_model
 from lightning_rlhf.rl.buffer import Experience
 from lightning_rlhf.rl.kl import KLKind, token_level_rewards
 from lightning_rlhf.rl.macro_actions import segment
-
-SFT_EXPORT = ("--model.init_args.policy.name_or_path", "{run}/sft/export")
-RM_EXPORT = ("--model.init_args.reward", "{run}/reward_model/export")
-
-
-def online_stage(name: str, config: str, order: int, steps: int, quick_steps: int, *extra: str):
-    """A demo stage that starts from the SFT export and trains ``steps`` optimiser steps."""
-    return DemoStage(
-        name,
-        config,
-        order=order,
-        overrides=(*SFT_EXPORT, "--trainer.max_steps", str(steps), *extra),
-        quick=("--trainer.max_steps", str(quick_steps)),
-    )
 
 
 class PPO(OnlineRLModule):
@@ -57,10 +42,6 @@ class PPO(OnlineRLModule):
     # the critic (a full LM body) is neither sharded nor gradient-synchronised by FSDP2
     supported_strategies = ("single", "ddp")
     strategy_note = "its critic is not sharded or synchronised under FSDP2; use DDP"
-    demo_stages = (
-        online_stage("ppo", "ppo/arithmetic.yaml", 20, 48, 8),
-        online_stage("ppo_rm", "ppo/arithmetic_rm.yaml", 21, 48, 8, *RM_EXPORT),
-    )
 
     def __init__(
         self,
@@ -177,10 +158,6 @@ class MAPPO(PPO):
         The rest: see :class:`PPO`.
     """
 
-    demo_stages = (
-        online_stage("mappo", "mappo/arithmetic.yaml", 22, 48, 8),
-        online_stage("mappo_rm", "mappo/arithmetic_rm.yaml", 23, 48, 8, *RM_EXPORT),
-    )
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from lightning_rlhf.algorithms.base import RLHFModule
-from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.preference import pro_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
 
@@ -25,15 +24,6 @@ class PRO(RLHFModule):
     """
 
     data_format = "ranked"
-    demo_stages = (
-        DemoStage(
-            "pro",
-            "pro/arithmetic.yaml",
-            order=61,
-            overrides=("--model.init_args.policy.name_or_path", "{run}/sft/export"),
-            quick=("--trainer.max_steps", "25", "--data.num_train", "600", "--data.num_val", "64"),
-        ),
-    )
 
     def __init__(
         self,

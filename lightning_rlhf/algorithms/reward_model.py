@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from lightning_rlhf.algorithms.base import RLHFModule
-from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses import bradley_terry_loss
 from lightning_rlhf.models import load_reward_model, sequence_scores
 
@@ -23,23 +22,6 @@ class RewardModel(RLHFModule):
     """
 
     data_format = "pair"
-    demo_stages = (
-        DemoStage(
-            "reward_model",
-            "reward_model/arithmetic.yaml",
-            order=10,
-            policy_row=False,
-            overrides=("--model.init_args.policy.name_or_path", "{run}/sft/export"),
-            quick=(
-                "--trainer.max_steps",
-                "100",
-                "--trainer.val_check_interval",
-                "50",
-                "--data.num_train",
-                "4000",
-            ),
-        ),
-    )
 
     def build_policy(self) -> nn.Module:
         return load_reward_model(self.policy_config, self.tokenizer)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from lightning_rlhf.algorithms.base import RLHFModule
-from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses import sft_loss
 from lightning_rlhf.models import response_logprobs
 
@@ -21,21 +20,6 @@ class SFT(RLHFModule):
     """
 
     data_format = "response"
-    demo_stages = (
-        DemoStage(
-            "sft",
-            "sft/arithmetic.yaml",
-            order=0,
-            quick=(
-                "--trainer.max_steps",
-                "300",
-                "--trainer.val_check_interval",
-                "150",
-                "--data.num_train",
-                "20000",
-            ),
-        ),
-    )
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         logprobs = response_logprobs(
