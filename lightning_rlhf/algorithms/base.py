@@ -1,13 +1,16 @@
 """What every algorithm shares: the policy built (and, under FSDP2, sharded) in
-``configure_model``, the optimiser and schedule, the data-format and strategy checks, a NaN guard
-on losses and gradients that stops with a last-good checkpoint, and logging of ``(loss, stats)``.
+``configure_model``, the reference policy for those that need one, the optimiser and schedule,
+the data-format and strategy checks, a NaN guard on losses and gradients that stops with a last-
+good checkpoint, and logging of ``(loss, stats)``.
 
 Each algorithm is a subclass whose typed ``__init__`` is its config schema (LightningCLI reads it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from lightning_rlhf.models import ModelConfig, load_causal_lm
+from lightning_rlhf.models import ModelConfig, build_reference, load_causal_lm, reference_model
 from lightning_rlhf.strategies import check_strategy, reshard_after_step, shard_causal_lm
 
 Schedule = Literal["constant", "cosine", "linear", "onecycle"]
@@ -47,7 +50,7 @@ class RLHFModule(L.LightningModule):
     #: log-probs of a rollout must come from the same deterministic network)
     dropout_in_training: bool = True
     #: attribute names of frozen models that are rebuilt, not checkpointed
-    frozen_modules: tuple[str, ...] = ()
+    frozen_modules: tuple[str, ...] = ("reference",)
 
     def __init__(
         self,
@@ -63,6 +66,7 @@ class RLHFModule(L.LightningModule):
         self.save_hyperparameters()
         self.policy_config = policy
         self.policy: nn.Module | None = None
+        self.reference: nn.Module | None = None  # pi_ref (None: not needed, or LoRA adapter-off)
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._nonfinite_in_a_row = 0
         self.skipped_steps = 0  # non-finite steps skipped over the whole run (checkpointed)
@@ -133,24 +137,46 @@ class RLHFModule(L.LightningModule):
     def build_policy(self) -> nn.Module:
         return load_causal_lm(self.policy_config, self.tokenizer)
 
+    def needs_reference(self) -> bool:
+        """Whether the algorithm uses the reference policy pi_ref (built in ``build_frozen``)."""
+        return False
+
     def build_frozen(self) -> None:
-        """Subclasses build reference / reward models here."""
+        """The reference policy when :meth:`needs_reference`; subclasses add critics and reward
+        models here."""
+        if self.needs_reference():
+            self.reference = build_reference(self.policy, lora=self.policy_config.lora is not None)
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[nn.Module]:
+        """pi_ref for the block: the frozen copy, or the LoRA policy with its adapter off."""
+        with reference_model(self.policy, self.reference) as ref:
+            yield ref
 
     # --- steps: a subclass implements compute_loss (online ones override the steps) ------------
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(loss, detached stats)`` of a batch; the default steps below log the stats."""
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """``(loss, detached stats)`` of a batch, or None when the batch holds nothing to learn
+        from (the step is skipped); the default steps below log the stats."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
 
+    def compute_val_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """The validation ``(loss, stats)``; by default the training loss."""
+        return self.compute_loss(batch)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        loss, stats = self.compute_loss(batch)
+        out = self.compute_loss(batch)
+        if out is None:
+            return None
+        loss, stats = out
         self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.count_tokens(batch["attention_mask"])
         return self.guard_loss(loss)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        _, stats = self.compute_loss(batch)
-        size = batch["input_ids"].shape[0]
-        self.log_stats("val", stats, prog_bar=True, batch_size=size, sync_dist=True)
+        out = self.compute_val_loss(batch)
+        if out is not None:
+            size = batch["input_ids"].shape[0]
+            self.log_stats("val", out[1], prog_bar=True, batch_size=size, sync_dist=True)
 
     # --- optimisation -------------------------------------------------------------------------
     def trainable_groups(self) -> list[dict[str, Any]]:

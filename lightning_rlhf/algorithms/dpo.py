@@ -11,18 +11,18 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_rlhf.algorithms.alol import FrozenReference
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.data.collate import flatten_candidates
+from lightning_rlhf.losses.masked import masked_sum
 from lightning_rlhf.losses.preference import dpo_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """l(y|x) of every candidate of a (B, N, L) pair/ranked batch under ``model``: (B, N) fp32."""
-    ids, am, rm = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-    b, n, length = ids.shape
-    flat = [t.reshape(b * n, length) for t in (ids, am, rm)]  # (B*N, L)
-    return response_logprobs(model, *flat).sum(-1).view(b, n)  # (B, N)
+    b, n = batch["input_ids"].shape[:2]
+    ids, am, rm = flatten_candidates(batch)  # (B*N, L)
+    return masked_sum(response_logprobs(model, ids, am, rm), rm).view(b, n)  # (B, N)
 
 
 def distinct_pairs(batch: dict) -> torch.Tensor:
@@ -33,7 +33,7 @@ def distinct_pairs(batch: dict) -> torch.Tensor:
     return ~same
 
 
-class DPO(FrozenReference, RLHFModule):
+class DPO(RLHFModule):
     """DPO on preference pairs (data format "pair").
 
     Args:
@@ -46,7 +46,6 @@ class DPO(FrozenReference, RLHFModule):
     """
 
     data_format = "pair"
-    frozen_modules = ("reference",)
 
     def __init__(
         self,
@@ -60,20 +59,21 @@ class DPO(FrozenReference, RLHFModule):
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
-        self.reference = None
         self.skipped_pairs = 0
 
-    def build_frozen(self) -> None:
-        if not self.hparams.reference_free:
-            super().build_frozen()
+    def needs_reference(self) -> bool:
+        return not self.hparams.reference_free
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict] | None:
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict] | None:
+        """The DPO loss over the batch's distinct pairs (None when every pair is identical)."""
         keep = distinct_pairs(batch)  # (B,)
         skipped = int((~keep).sum())
         if skipped:
             self.skipped_pairs += skipped
             batch = {k: v[keep] for k, v in batch.items() if isinstance(v, torch.Tensor)}
             if not keep.any():
+                if self.training:
+                    self.log("train/skipped_pairs", float(self.skipped_pairs))
                 return None
         logps = sequence_logps(self.policy, batch)  # (B, 2)
         ref = None
@@ -92,18 +92,6 @@ class DPO(FrozenReference, RLHFModule):
         )
         return loss, {**stats, "skipped_pairs": float(self.skipped_pairs)}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        out = self._loss(batch)
-        if out is None:
-            self.log("train/skipped_pairs", float(self.skipped_pairs))
-            return None
-        loss, stats = out
-        self.log_stats("train", stats, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.count_tokens(batch["attention_mask"])
-        return self.guard_loss(loss)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._loss(batch)
-        if out is not None:
-            stats = {k: v for k, v in out[1].items() if k != "skipped_pairs"}
-            self.log_stats("val", stats, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+    def compute_val_loss(self, batch: dict) -> tuple[torch.Tensor, dict] | None:
+        out = self.compute_loss(batch)
+        return out and (out[0], {k: v for k, v in out[1].items() if k != "skipped_pairs"})

@@ -16,13 +16,11 @@ import torch
 from torch import nn
 
 from lightning_rlhf.algorithms.base import RLHFModule
-from lightning_rlhf.models import ModelConfig, frozen_copy, response_logprobs
+from lightning_rlhf.models import ModelConfig, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
-from lightning_rlhf.rl.kl import kl_penalty, sequence_kl
+from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController, kl_penalty, sequence_kl
 from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
 from lightning_rlhf.rl.rollout import Rollout, generate
-
-ARITHMETIC_REWARD = "lightning_rlhf.data.tasks.arithmetic:reward"
 
 
 @contextmanager
@@ -63,7 +61,10 @@ class OnlineRLModule(RLHFModule):
         minibatch_size: sequences per minibatch (whole groups of K); None: the whole batch.
         grad_accum: minibatches per optimiser step.
         max_grad_norm: gradient-norm clip (None: no clipping).
-        kl_beta: KL coefficient to the reference (the ``KLController`` callback may adapt it).
+        kl_beta: KL coefficient to the reference (the starting one when ``kl_target`` is set).
+        kl_target: adapt the coefficient towards this sequence KL (nats; Ziegler et al. 2019's
+            controller, ``rl.kl.AdaptiveKLController``); None keeps ``kl_beta`` fixed.
+        kl_horizon: the adaptive controller's horizon, in sampled responses.
         reward_clip: clip the (normalised) rewards to [-c, c]; None: no clipping.
         normalize_reward: divide rewards by a running standard deviation (checkpointed).
         seed: seed of the minibatch shuffles (mixed with the global step).
@@ -72,12 +73,11 @@ class OnlineRLModule(RLHFModule):
 
     data_format = "prompt"
     dropout_in_training = False
-    frozen_modules = ("reference",)
 
     def __init__(
         self,
         policy: ModelConfig,
-        reward: str = ARITHMETIC_REWARD,
+        reward: str,
         samples_per_prompt: int = 1,
         max_new_tokens: int = 16,
         temperature: float = 1.0,
@@ -88,6 +88,8 @@ class OnlineRLModule(RLHFModule):
         grad_accum: int = 1,
         max_grad_norm: float | None = 1.0,
         kl_beta: float = 0.05,
+        kl_target: float | None = None,
+        kl_horizon: int = 10000,
         reward_clip: float | None = None,
         normalize_reward: bool = False,
         seed: int = 0,
@@ -104,13 +106,25 @@ class OnlineRLModule(RLHFModule):
         if temperature <= 0:
             raise ValueError(f"{type(self).__name__}: temperature must be > 0, got {temperature}")
         self.automatic_optimization = False
-        self.kl_beta = float(kl_beta)
-        self.last_rollout_kl = 0.0
+        #: the one owner of the KL coefficient (checkpointed with the module)
+        self.kl_controller = (
+            FixedKLController(kl_beta)
+            if kl_target is None
+            else AdaptiveKLController(kl_beta, kl_target, kl_horizon)
+        )
+        self.last_rollout_kl = 0.0  # mean sequence KL of the last rollout, all ranks
         self.last_rollout_size = 0  # samples behind last_rollout_kl, all ranks
-        self.reference: nn.Module | None = None
         self.reward_moments = RunningMoments() if normalize_reward else None
         self._reward_fn: Any = None
         self.last_timings: dict[str, float] = {}  # seconds per phase of the last step, + tokens
+
+    @property
+    def kl_beta(self) -> float:
+        """The current KL coefficient (``kl_controller``'s)."""
+        return self.kl_controller.beta
+
+    def needs_reference(self) -> bool:
+        return True
 
     @property
     def group_size(self) -> int:
@@ -132,11 +146,6 @@ class OnlineRLModule(RLHFModule):
             )
 
     # --- set-up -------------------------------------------------------------------------------
-    def build_frozen(self) -> None:
-        """The reference: a frozen copy of the initial policy (none with LoRA: adapter off)."""
-        if self.policy_config.lora is None:
-            self.reference = frozen_copy(self.policy)
-
     @property
     def reward_fn(self):
         """The reward callable ``(prompts, responses) -> (B,)``, built on first use on our device
@@ -185,10 +194,8 @@ class OnlineRLModule(RLHFModule):
 
     def reference_logprobs(self, exp: Experience) -> torch.Tensor:
         """(N, T) log pi_ref of the responses (the LoRA base when there is no reference copy)."""
-        if self.reference is not None:
-            return self.logprobs(self.reference, exp)
-        with self.policy.disable_adapter():
-            return self.logprobs(self.policy, exp)
+        with self.reference_model() as ref:
+            return self.logprobs(ref, exp)
 
     @torch.no_grad()
     def collect(self, batch: dict, timings: dict[str, float]) -> Experience:
@@ -278,6 +285,8 @@ class OnlineRLModule(RLHFModule):
         self.log_stats("time", timings, batch_size=exp.num_rows)
         self.count_tokens(exp.attention_mask)
         self.last_timings = {**timings, "tokens": float(exp.attention_mask.sum())}
+        # the next rollout's coefficient (a no-op unless kl_target is set)
+        self.kl_controller.update(self.last_rollout_kl, self.last_rollout_size)
 
     def update(self, exp: Experience) -> dict[str, torch.Tensor]:
         """``ppo_epochs`` epochs of shuffled minibatches, ``grad_accum`` minibatches per step.
@@ -342,14 +351,15 @@ class OnlineRLModule(RLHFModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["online"] = {
-            "kl_beta": self.kl_beta,
+            "kl": self.kl_controller.state_dict(),
             "reward_moments": self.reward_moments.state_dict() if self.reward_moments else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("online", {})
-        self.kl_beta = float(state.get("kl_beta", self.kl_beta))
+        if "kl" in state:
+            self.kl_controller.load_state_dict(state["kl"])
         if self.reward_moments is not None and state.get("reward_moments"):
             self.reward_moments.load_state_dict(state["reward_moments"])
 
@@ -360,7 +370,3 @@ def _check_positive(**values: int) -> None:
         if value < 1:
             raise ValueError(f"online RL: {name} must be >= 1, got {value}")
 
-
-def sequence_logprob_sum(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """l(y|x): the masked sum of (N, T) token log-probs -> (N,)."""
-    return torch.where(mask.bool(), logprobs, 0.0).sum(-1)

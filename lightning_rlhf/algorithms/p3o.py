@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_rlhf.algorithms.online import OnlineRLModule, sequence_logprob_sum
+from lightning_rlhf.algorithms.online import OnlineRLModule
+from lightning_rlhf.losses.masked import masked_sum
 from lightning_rlhf.losses.p3o import p3o_loss
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.rl.buffer import Experience
@@ -63,9 +64,9 @@ class P3O(OnlineRLModule):
     def loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``p3o_loss`` on the (M/2, 2) pairs of the minibatch."""
         hp = self.hparams
-        logps = sequence_logprob_sum(self.logprobs(self.policy, mb), mb.mask).view(-1, 2)  # (G, 2)
-        old = sequence_logprob_sum(mb.old_logprobs, mb.mask).view(-1, 2)
-        ref = sequence_logprob_sum(mb.ref_logprobs, mb.mask).view(-1, 2)
+        logps = masked_sum(self.logprobs(self.policy, mb), mb.mask).view(-1, 2)  # (G, 2)
+        old = masked_sum(mb.old_logprobs, mb.mask).view(-1, 2)
+        ref = masked_sum(mb.ref_logprobs, mb.mask).view(-1, 2)
         rewards = mb.scores.view(-1, 2)
         loss, stats = p3o_loss(
             logps[:, 0], old[:, 0], ref[:, 0], logps[:, 1], old[:, 1], ref[:, 1],

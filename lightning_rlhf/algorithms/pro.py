@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.data.collate import flatten_candidates
 from lightning_rlhf.losses.preference import pro_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
 
@@ -36,7 +37,7 @@ class PRO(RLHFModule):
         self.save_hyperparameters()
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        ids, am, rm = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        ids, rm = batch["input_ids"], batch["response_mask"]
         if ids.dim() != 3 or ids.shape[1] < 2:
             raise ValueError(
                 f"PRO needs ranked lists of >= 2 responses, got a batch of shape "
@@ -44,7 +45,6 @@ class PRO(RLHFModule):
             )
         if "rewards" not in batch:
             raise ValueError("PRO needs a reward per candidate (data field `rewards`), got none")
-        b, n, length = ids.shape
-        flat = [t.reshape(b * n, length) for t in (ids, am, rm)]  # (B*N, L)
-        logprobs = response_logprobs(self.policy, *flat).view(b, n, length)  # (B, N, L)
+        logprobs = response_logprobs(self.policy, *flatten_candidates(batch))  # (B*N, L)
+        logprobs = logprobs.view(ids.shape)  # (B, N, L)
         return pro_loss(logprobs, rm, batch["rewards"], sft_weight=self.hparams.sft_weight)

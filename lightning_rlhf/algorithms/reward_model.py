@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.data.collate import flatten_candidates
 from lightning_rlhf.losses import bradley_terry_loss
 from lightning_rlhf.models import load_reward_model, sequence_scores
 
@@ -27,11 +28,6 @@ class RewardModel(RLHFModule):
         return load_reward_model(self.policy_config, self.tokenizer)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        input_ids = batch["input_ids"]  # (B, 2, L): chosen, rejected
-        b, n, length = input_ids.shape
-        scores = sequence_scores(
-            self.policy,
-            input_ids.reshape(b * n, length),
-            batch["attention_mask"].reshape(b * n, length),
-        ).view(b, n)  # (B, 2)
+        ids, am, _ = flatten_candidates(batch)  # (B*2, L): chosen, rejected of each prompt
+        scores = sequence_scores(self.policy, ids, am).view(batch["input_ids"].shape[:2])  # (B, 2)
         return bradley_terry_loss(scores[:, 0], scores[:, 1])

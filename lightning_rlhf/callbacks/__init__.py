@@ -1,7 +1,6 @@
 """Callbacks shared by every algorithm: task evaluation, sample logging, Hugging Face export."""
 
 from lightning_rlhf.callbacks.export import HFExport
-from lightning_rlhf.callbacks.kl_controller import KLController
 from lightning_rlhf.callbacks.task_eval import SampleLogger, TaskEval, evaluate_policy
 
-__all__ = ["HFExport", "KLController", "SampleLogger", "TaskEval", "evaluate_policy"]
+__all__ = ["HFExport", "SampleLogger", "TaskEval", "evaluate_policy"]

@@ -226,3 +226,12 @@ class RLHFCollator:
             if "rewards" in rows[0]:
                 out["rewards"] = torch.tensor([r["rewards"] for r in rows], dtype=torch.float32)
         return out
+
+
+def flatten_candidates(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A pair / ranked batch's (B, N, L) ``input_ids``, ``attention_mask`` and
+    ``response_mask`` as (B * N, L) rows (candidate-major within each prompt), for one forward
+    pass over every candidate; reshape results with ``.view(B, N, ...)``."""
+    b, n, length = batch["input_ids"].shape
+    keys = ("input_ids", "attention_mask", "response_mask")
+    return tuple(batch[k].reshape(b * n, length) for k in keys)

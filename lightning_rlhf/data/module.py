@@ -3,6 +3,8 @@
 Its typed ``__init__`` is its config schema. ``setup`` loads the source (local files, a hub name or
 a built-in task), maps and validates columns, tokenises once with ``Dataset.map`` and splits off a
 validation set; the dataloaders collate with :class:`lightning_rlhf.data.collate.RLHFCollator`.
+Training rows come in shuffled epochs, or drawn by weight when an algorithm (A-LoL) sets
+``sample_weights``; either way a run resumed mid-epoch continues the same stream.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lightning_rlhf.data.formats import (
     map_columns,
     validate,
 )
+from lightning_rlhf.data.priority import PrioritySampler
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ class RLHFDataModule(LightningDataModule):
         self._tokenizer: Any = None
         self.train_dataset: datasets.Dataset | None = None
         self.val_dataset: datasets.Dataset | None = None
+        self.sample_weights: torch.Tensor | None = None  # (N,) see set_sample_weights
+        self._saved_sampler: dict[str, Any] | None = None  # a checkpoint's sampler identity
         self._check_options()
 
     def _check_options(self) -> None:
@@ -250,11 +255,55 @@ class RLHFDataModule(LightningDataModule):
         """The collator of this module's format (reads ``with_prompts`` when called for)."""
         return RLHFCollator(self.format, self.tokenizer.pad_token_id, self.with_prompts)
 
+    def set_sample_weights(self, weights: torch.Tensor | None) -> None:
+        """Draw training rows i.i.d. with P(i) proportional to ``weights``
+        (:class:`PrioritySampler`: rows with weight <= 0 are never drawn, an epoch is as many
+        draws as positive rows) instead of shuffled epochs; None goes back to shuffling. Any
+        algorithm may set it before its first training batch (A-LoL does in ``on_fit_start``).
+
+        Args:
+            weights: (N,) one finite weight per training row, in ``train_dataset`` order.
+        """
+        if weights is not None:
+            rows = len(self._require(self.train_dataset, "train"))
+            weights = torch.as_tensor(weights, dtype=torch.float64).flatten()
+            if weights.numel() != rows:
+                raise ValueError(
+                    f"sample_weights: {weights.numel()} weights for {rows} training rows"
+                )
+        self.sample_weights = weights
+
     def train_dataloader(self) -> DataLoader:
-        """Training batches, shuffled by ``seed + epoch``."""
+        """Training batches: shuffled by ``seed + epoch``, or drawn by ``sample_weights``."""
         ds = self._require(self.train_dataset, "train")
-        sampler = EpochSeededSampler(ds, self.seed, resume_offset=self._rows_done_this_epoch)
+        resume = self._rows_done_this_epoch
+        if self.sample_weights is None:
+            return self._loader(ds, self.batch_size, EpochSeededSampler(ds, self.seed, resume))
+        sampler = self._weighted_sampler(resume)
+        if self._saved_sampler is not None:
+            sampler.check_resumable(self._saved_sampler)
         return self._loader(ds, self.batch_size, sampler)
+
+    def _weighted_sampler(self, resume: Callable[[], int] | None) -> PrioritySampler:
+        """This rank's share of the ``sample_weights`` stream."""
+        trainer = self.trainer
+        return PrioritySampler(
+            self.sample_weights,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            seed=self.seed,
+            resume_offset=resume,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weighted sampler's identity (checked on resume); the stream position itself comes
+        from the fit loop's restored batch counter."""
+        if self.sample_weights is None:
+            return {}
+        return {"weighted_sampler": self._weighted_sampler(None).identity()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_sampler = state_dict.get("weighted_sampler")
 
     def _rows_done_this_epoch(self) -> int:
         """Training rows of the current epoch already consumed (non-zero after a mid-epoch

@@ -1,15 +1,17 @@
-"""A-LoL priority sampling (Baheti et al., "Leftover Lunch", ICLR 2024; ALGORITHMS.md 2).
+"""Weighted (priority) sampling of training rows, used by the data module for any algorithm that
+sets ``sample_weights`` (A-LoL's priorities: Baheti et al., "Leftover Lunch", ICLR 2024).
 
-Training rows are drawn i.i.d. with replacement with P(i) = w_i / sum_j w_j (w = A+ for A-LoL,
-R for the reward baselines, 1 for nll); rows with w <= 0 are never drawn. An epoch draws as many
-items as there are rows with w > 0 (= round(positive_fraction * N)), so the step budget of an
-epoch is scaled by the positive fraction: ceil(#positive / (batch_size * num_replicas)) batches.
+Training rows are drawn i.i.d. with replacement with P(i) = w_i / sum_j w_j (A-LoL: w = A+ for
+the A-LoL variants, R for the reward baselines, 1 for nll); rows with w <= 0 are never drawn. An
+epoch draws as many items as there are rows with w > 0 (= round(positive_fraction * N)), so the
+step budget of an epoch is scaled by the positive fraction: ceil(#positive / (batch_size *
+num_replicas)) batches.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -31,6 +33,8 @@ class PrioritySampler(DistributedSampler):
         num_replicas: number of ranks sharing the stream.
         rank: this rank.
         seed: base seed; epoch e uses ``seed + e``.
+        resume_offset: read at the first iteration only: draws of this rank already trained on
+            in the current epoch (non-zero after a mid-epoch resume), skipped.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class PrioritySampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
+        resume_offset: Callable[[], int] | None = None,
     ) -> None:
         weights = torch.as_tensor(weights, dtype=torch.float64).flatten()
         check_priorities(weights, "PrioritySampler")
@@ -53,9 +58,7 @@ class PrioritySampler(DistributedSampler):
         self.total_size = self.num_samples * num_replicas
         self._cdf = weights.cumsum(0)  # (N,)
         self._last_positive = int((weights > 0).nonzero()[-1, 0])
-        self._start = 0  # draws of this rank to skip in the epoch being resumed
-        self._resume_epoch: int | None = None
-        self.consumed = 0  # draws yielded so far in the current epoch (prefetch included)
+        self.resume_offset = resume_offset
 
     def set_epoch(self, epoch: int) -> None:
         """Select the stream of ``epoch`` (Lightning calls this at each epoch start)."""
@@ -71,41 +74,29 @@ class PrioritySampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         share = self.draws(self.epoch)[self.rank :: self.num_replicas].tolist()
-        start = self._start if self._resume_epoch == self.epoch else 0
-        self._start, self._resume_epoch = 0, None
-        self.consumed = start
-        for i in share[start:]:
-            self.consumed += 1
-            yield i
+        skip = self.resume_offset() if self.resume_offset is not None else 0
+        self.resume_offset = None  # later epochs start at their beginning
+        return iter(share[skip:])
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
-        """Where the stream stands: epoch and draws of this rank already used in it.
-
-        ``consumed`` overrides the draws counted by the iterator (which runs ahead of training
-        by the dataloader's prefetch); the training module passes batches done * batch size.
-        """
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share for the stream to continue where it stopped."""
         return {
-            "epoch": self.epoch,
-            "consumed": self.consumed if consumed is None else consumed,
             "seed": self.seed,
             "num_samples": self.num_samples,
             "num_replicas": self.num_replicas,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the stream: the next iteration over ``state['epoch']`` skips the consumed
-        draws (another epoch starts from its beginning)."""
-        for key in ("seed", "num_samples", "num_replicas"):
-            if state[key] != getattr(self, key):
+    def check_resumable(self, saved: dict[str, Any]) -> None:
+        """One-line error when a checkpoint's sampler ``identity`` differs from this one's."""
+        for key, value in self.identity().items():
+            if saved.get(key, value) != value:
                 raise ValueError(
-                    f"PrioritySampler: cannot resume, checkpoint has {key}={state[key]} but this "
-                    f"run has {getattr(self, key)}"
+                    f"PrioritySampler: cannot resume, checkpoint has {key}={saved[key]} but this "
+                    f"run has {value}"
                 )
-        self.epoch = self._resume_epoch = int(state["epoch"])
-        self._start = min(int(state["consumed"]), self.num_samples)
 
 
 def check_priorities(weights: torch.Tensor, where: str) -> None:

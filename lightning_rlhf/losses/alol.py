@@ -165,6 +165,24 @@ VARIANTS: dict[str, _Variant] = {
 }
 
 
+def alol_priorities(
+    variant: str, rewards: torch.Tensor, values: torch.Tensor | None
+) -> torch.Tensor:
+    """Sampling weights of the training rows: A+ = max(R - V, 0) for the A-LoL variants,
+    max(R, 0) for the reward-weighted baselines (wbc, r_gold, r_lol), 1 for nll.
+
+    Args:
+        rewards: (N,) R; values: (N,) V(x) (needed by the A-LoL variants).
+    Returns:
+        (N,) non-negative weights; rows with 0 are never trained on.
+    """
+    if VARIANTS[variant].needs_values:
+        return (rewards - values).clamp(min=0)
+    if variant == "nll":
+        return torch.ones_like(rewards)
+    return rewards.clamp(min=0)
+
+
 # --- validation and the public function -----------------------------------------------------------
 
 

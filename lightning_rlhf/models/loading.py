@@ -154,6 +154,12 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> n
     return _load(cfg, tokenizer, AutoModelForSequenceClassification, num_labels=1)
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The underlying ``PreTrainedModel`` of a peft wrapper (adapters stay active), or ``model``
+    itself: the one place that looks through peft wrappers."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached, eval-mode, gradient-free deep copy (the reference policy)."""
     ref = copy.deepcopy(model)

@@ -54,6 +54,7 @@ def online_args(sft_export: Path, *extra: str) -> list[str]:
 def make_module(cls, sft_export: Path, **kwargs):
     """An algorithm module on the SFT export, built without a trainer (seeded: two calls with the
     same arguments give the same weights)."""
+    kwargs.setdefault("reward", "lightning_rlhf.data.tasks.arithmetic:reward")
     module = cls(ModelConfig(name_or_path=str(sft_export)), **kwargs)
     module.attach_tokenizer(get_tokenizer("arithmetic"))
     torch.manual_seed(0)

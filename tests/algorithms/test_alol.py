@@ -9,8 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_rlhf.algorithms.alol import _checked_rewards
 from lightning_rlhf.data.tasks import arithmetic
+from lightning_rlhf.offline.alol import checked_rewards
 from tests.algorithms.e2e import run_fit
 
 CONFIG = "alol/arithmetic.yaml"
@@ -52,37 +52,37 @@ MID_CKPT = (
 def test_alol_fits_resumes_and_continues_the_stream(tmp_path, sft_export, variant):
     args = ("--model.init_args.variant", variant, *RECORD)
     cli, snap = _fit(tmp_path, sft_export, *args, *MID_CKPT)
-    module = cli.model
+    module, table = cli.model, cli.model.table
     assert cli.trainer.global_step == 4
     assert snap.unchanged(module) == [], "every trainable parameter should have been updated"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert "train/importance_weight" in cli.trainer.callback_metrics
-    assert (tmp_path / "alol_cache.pt").exists() and not module.cache_hit
-    stats = module.offline_stats
+    assert (tmp_path / "alol_cache.pt").exists() and not table.cache_hit
+    stats = table.stats
     rewards = torch.tensor(cli.datamodule.train_dataset["reward"])  # the data's own R
-    advantages = rewards - module.values  # A = R - V(x), recomputed here
+    advantages = rewards - table.values  # A = R - V(x), recomputed here
     assert stats["rows"] == 64 and stats["adv_positive"] == int((advantages > 0).sum()) > 0
-    torch.testing.assert_close(module.priorities, advantages.clamp(min=0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(table.priorities, advantages.clamp(min=0), atol=1e-6, rtol=0)
     assert not module.value_head.training
     assert not any(p.requires_grad for p in module.value_head.parameters())
 
     # the precomputed reference log-probs equal a live reference forward on the same rows
     batch = next(iter(cli.datamodule.train_dataloader()))
     cached = module.batch_ref_logprobs(batch)
-    module.ref_cache = None
+    table.ref_logprobs = None
     torch.testing.assert_close(cached, module.batch_ref_logprobs(batch), atol=1e-5, rtol=1e-5)
 
     # rows trained on: the priority stream in order, never a row with A <= 0
-    stream = module._sampler.draws(0).tolist()
+    stream = cli.trainer.train_dataloader.sampler.draws(0).tolist()
     assert _recorded(cli) == stream[:32]
-    positive = set((module.priorities > 0).nonzero()[:, 0].tolist())
+    positive = set((table.priorities > 0).nonzero()[:, 0].tolist())
     assert set(stream) <= positive
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     resumed, snap2 = _fit(tmp_path, sft_export, *args, steps=6, ckpt_path=last)
     assert snap2.start_step == 4 and resumed.trainer.global_step == 6
-    assert resumed.model.cache_hit, "the value head / advantages cache should be reused"
-    torch.testing.assert_close(resumed.model.values, module.values)
+    assert resumed.model.table.cache_hit, "the value head / advantages cache should be reused"
+    torch.testing.assert_close(resumed.model.table.values, table.values)
     assert snap2.unchanged(resumed.model) == []
 
     # resuming mid-epoch (from step 2) trains on exactly the rows of steps 3-4 of the first run
@@ -94,7 +94,7 @@ def test_alol_fits_resumes_and_continues_the_stream(tmp_path, sft_export, varian
     # other tokenised rows (here: shorter responses) must not reuse the cached V(x) and
     # reference log-probs of these ones
     recut, _ = _fit(tmp_path, sft_export, *args, "--data.max_response_length", "4", steps=1)
-    assert not recut.model.cache_hit, "a cache made for other tokenised rows was reused"
+    assert not recut.model.table.cache_hit, "a cache made for other tokenised rows was reused"
 
 
 @pytest.mark.parametrize(
@@ -110,18 +110,18 @@ def test_alol_fits_resumes_and_continues_the_stream(tmp_path, sft_export, varian
 )
 def test_other_variants_train(tmp_path, sft_export, variant, extra):
     cli, snap = _fit(tmp_path, sft_export, "--model.init_args.variant", variant, *extra, steps=2)
-    module = cli.model
+    module, table = cli.model, cli.model.table
     assert snap.unchanged(module) == [] and torch.isfinite(
         cli.trainer.callback_metrics["train/loss"]
     )
-    assert (module.values is not None) == variant.startswith("a_lol")
-    assert (module.ref_cache is not None) == (variant == "a_lol_kl")  # r_lol: live reference
+    assert (table.values is not None) == variant.startswith("a_lol")
+    assert (table.ref_logprobs is not None) == (variant == "a_lol_kl")  # r_lol: live reference
     if variant in ("wbc", "r_gold", "r_lol"):  # P(i) ∝ R_i
         torch.testing.assert_close(
-            module.priorities, torch.tensor(cli.datamodule.train_dataset["reward"])
+            table.priorities, torch.tensor(cli.datamodule.train_dataset["reward"])
         )
     if variant == "nll":
-        assert (module.priorities == 1).all()
+        assert (table.priorities == 1).all()
 
 
 def _write_jsonl(path, rows):
@@ -158,10 +158,10 @@ def test_missing_rewards_are_scored_or_refused(tmp_path, sft_export):
     ds = cli.datamodule.train_dataset
     expected = arithmetic.reward(ds["prompt"], ds["response"])
     assert 0 < sum(expected) < len(expected)
-    torch.testing.assert_close(cli.model.rewards, torch.tensor(expected))
+    torch.testing.assert_close(cli.model.table.rewards, torch.tensor(expected))
 
 
 def test_non_finite_reward_names_the_row():
     ds = datasets.Dataset.from_dict({"reward": [0.5, 1.0, float("nan")]})
     with pytest.raises(ValueError, match=r"training row 2 has reward nan"):
-        _checked_rewards(ds)
+        checked_rewards(ds)

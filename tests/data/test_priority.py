@@ -56,24 +56,15 @@ def test_rank_shares_partition_one_stream():
     assert again == shares[1]
 
 
-def test_state_round_trip_continues_the_stream():
+def test_resume_offset_continues_the_stream_once():
     sampler = PrioritySampler(_weights(), num_samples=30, seed=7)
     sampler.set_epoch(2)
     stream = list(sampler)
-    it = iter(sampler)
-    head = [next(it) for _ in range(11)]
-    state = sampler.state_dict()
-    assert state["epoch"] == 2 and state["consumed"] == 11
 
-    resumed = PrioritySampler(_weights(), num_samples=30, seed=7)
-    resumed.load_state_dict(state)
-    assert head + list(resumed) == stream
-    assert len(list(resumed)) == 30, "after the resumed epoch, the next iteration is whole"
-    # an explicit consumed count (what training actually used) overrides the iterator's
-    resumed.load_state_dict(sampler.state_dict(consumed=8))
-    assert list(resumed) == stream[8:]
-    # resuming into another epoch starts that epoch from its beginning
-    resumed.load_state_dict(state)
+    resumed = PrioritySampler(_weights(), num_samples=30, seed=7, resume_offset=lambda: 11)
+    resumed.set_epoch(2)
+    assert list(resumed) == stream[11:]
+    assert list(resumed) == stream, "after the resumed epoch, the next iteration is whole"
     resumed.set_epoch(3)
     assert len(list(resumed)) == 30
 
@@ -87,6 +78,6 @@ def test_errors():
         PrioritySampler(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match=r"rank 2 not in \[0, 2\)"):
         PrioritySampler(_weights(), num_replicas=2, rank=2)
-    state = PrioritySampler(_weights(), seed=1).state_dict()
+    saved = PrioritySampler(_weights(), seed=1).identity()
     with pytest.raises(ValueError, match="checkpoint has seed=1 but this run has 2"):
-        PrioritySampler(_weights(), seed=2).load_state_dict(state)
+        PrioritySampler(_weights(), seed=2).check_resumable(saved)
