@@ -7,13 +7,11 @@ memory-lean torch path elsewhere. ``kernels.reference`` holds the fp32 reference
 
 from kernels.logprob import linear_logprobs, sequence_logprobs
 from kernels.macro_gae import macro_gae, segment_index
-from kernels.ratio import clamped_importance_weight, p3o_clip_objective, ppo_clip_loss, segment_sum
+from kernels.ratio import ppo_clip_loss, segment_sum
 
 __all__ = [
-    "clamped_importance_weight",
     "linear_logprobs",
     "macro_gae",
-    "p3o_clip_objective",
     "ppo_clip_loss",
     "segment_index",
     "segment_sum",

@@ -1,8 +1,8 @@
-"""Clipped importance-ratio losses: the PPO / MA-PPO token surrogate, A-LoL weights, P3O.
+"""The clipped importance-ratio surrogate of PPO / MA-PPO (token or macro-action ratios).
 
 Ratios are always formed in log space. ``ppo_clip_loss`` has a fused Triton forward+backward
-(masked reduction and stats in one pass) and an eager torch backend; the helpers for A-LoL and
-P3O act on (B,) sequence quantities and are plain torch.
+(masked reduction and stats in one pass) and an eager torch backend. The sequence-level
+objectives of A-LoL and P3O have no Triton path and live in ``lightning_rlhf.losses``.
 """
 
 from __future__ import annotations
@@ -129,113 +129,6 @@ def ppo_clip_loss(
     if resolve_backend(backend, logprobs, old_logprobs, advantages, mask) == "triton":
         return _ppo_clip_loss_triton(*args)
     return _ppo_clip_loss_torch(*args)
-
-
-@torch.no_grad()
-def clamped_importance_weight(
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    clip_eps: float = 0.9,
-    level: str = "sequence",
-) -> torch.Tensor:
-    """A-LoL's detached importance weight clamp(rho, 1 - eps, 1 + eps) (ALGORITHMS.md 2).
-
-    A clamp of the weight, not PPO's min: it bounds the weight and never zeroes a gradient.
-
-    Args:
-        logprobs, ref_logprobs: (B, T) log pi_theta and log pi_ref of the response tokens.
-        mask: (B, T) nonzero at valid tokens.
-        level: "sequence": rho_seq = exp(sum_t m_t (log pi_theta - log pi_ref)), one per row;
-            "token": rho_t = exp(log pi_theta(y_t) - log pi_ref(y_t)) per token, no product.
-    Returns:
-        (B,) fp32 for "sequence", (B, T) fp32 (0 at masked tokens) for "token"; no grad.
-    """
-    if level not in ("sequence", "token"):
-        raise ValueError(f"level must be 'sequence' or 'token', got {level!r}")
-    valid = mask.bool()
-    log_ratio = torch.where(valid, logprobs.float() - ref_logprobs.float(), 0.0)  # (B, T)
-    if level == "sequence":
-        return log_ratio.sum(dim=1).exp().clamp(1.0 - clip_eps, 1.0 + clip_eps)  # (B,)
-    return torch.where(valid, log_ratio.exp().clamp(1.0 - clip_eps, 1.0 + clip_eps), 0.0)
-
-
-def _p3o_delta(l1, ref1, l2, ref2, rewards1, rewards2, kl_beta):
-    """Delta = sg[r~1 - r~2], r~i = r_i - beta * (l_theta(y_i) - l_ref(y_i)): (B,) fp32."""
-    r1 = rewards1.float() - kl_beta * (l1 - ref1.float())
-    r2 = rewards2.float() - kl_beta * (l2 - ref2.float())
-    return (r1 - r2).detach()
-
-
-def p3o_clip_objective(
-    logps1: torch.Tensor,
-    old_logps1: torch.Tensor,
-    ref_logps1: torch.Tensor,
-    logps2: torch.Tensor,
-    old_logps2: torch.Tensor,
-    ref_logps2: torch.Tensor,
-    rewards1: torch.Tensor,
-    rewards2: torch.Tensor,
-    *,
-    variant: str = "v1",
-    clip_eps: float = 0.2,
-    kl_beta: float = 0.05,
-    weight_cap: float = 10.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """P3O clipped pairwise objective (Wu et al. 2023; ALGORITHMS.md 6), mean over pairs.
-
-    The sequence-level KL is folded into the reward and the pair's reward gap is detached:
-    Delta = sg[r~1 - r~2], r~i = r_i - kl_beta * (l_theta(y_i) - l_ref(y_i)), so the KL term
-    gives no gradient of its own. rho_i = exp(l_theta(y_i) - l_old(y_i)); importance caps
-    rho_bar = sg[clip(rho, 1/C, C)], C = ``weight_cap``.
-    V1 (separate clipping): 1/2 [max(-D rho_bar2 rho1, -D rho_bar2 clip(rho1, 1-eps, 1+eps))
-    + max(D rho_bar1 rho2, D rho_bar1 clip(rho2, 1-eps, 1+eps))].
-    V2 (joint clipping): u = l_theta(y1) - l_theta(y2), w = sg[clip(rho1 rho2, 1/C, C)],
-    max(-D w u, -D w clip(u, u_old - eps, u_old + eps)).
-    Rewards are used as given (clip / normalise them before calling).
-
-    Args:
-        logps*, old_logps*, ref_logps*: (B,) sequence log-prob sums l(y|x) of y1 and y2 under
-            pi_theta (with grad), pi_old and pi_ref.
-        rewards1, rewards2: (B,) scalar rewards.
-    Returns:
-        loss (fp32 scalar) and detached stats: delta_mean, clip_frac, ratio1_mean, ratio2_mean,
-        kl_mean (mean of l_theta - l_ref over both responses).
-    """
-    check_choice("variant", variant, ("v1", "v2"))
-    check_same_shape(
-        "logps1", logps1, dims=1, old_logps1=old_logps1, ref_logps1=ref_logps1, logps2=logps2,
-        old_logps2=old_logps2, ref_logps2=ref_logps2, rewards1=rewards1, rewards2=rewards2,
-    )  # fmt: skip
-    l1, l2 = logps1.float(), logps2.float()
-    o1, o2 = old_logps1.detach().float(), old_logps2.detach().float()
-    delta = _p3o_delta(l1, ref_logps1, l2, ref_logps2, rewards1, rewards2, kl_beta)
-    log_rho1, log_rho2 = l1 - o1, l2 - o2
-    if variant == "v1":
-        rho1, rho2 = log_rho1.exp(), log_rho2.exp()
-        bar1, bar2 = (r.detach().clamp(1.0 / weight_cap, weight_cap) for r in (rho1, rho2))
-        lo, hi = 1.0 - clip_eps, 1.0 + clip_eps
-        un1, cl1 = -delta * bar2 * rho1, -delta * bar2 * rho1.clamp(lo, hi)
-        un2, cl2 = delta * bar1 * rho2, delta * bar1 * rho2.clamp(lo, hi)
-        per_pair = 0.5 * (torch.maximum(un1, cl1) + torch.maximum(un2, cl2))
-        clipped = ((cl1 > un1).float() + (cl2 > un2).float()) / 2
-    else:
-        u, u_old = l1 - l2, o1 - o2
-        w = (log_rho1 + log_rho2).detach().exp().clamp(1.0 / weight_cap, weight_cap)
-        un = -delta * w * u
-        cl = -delta * w * torch.clamp(u, u_old - clip_eps, u_old + clip_eps)
-        per_pair = torch.maximum(un, cl)
-        clipped = (cl > un).float()
-    kl = torch.cat([l1 - ref_logps1.float(), l2 - ref_logps2.float()]).detach()
-    stats = {
-        "delta_mean": delta.mean(),
-        "clip_frac": clipped.mean().detach(),
-        "ratio1_mean": log_rho1.detach().exp().mean(),
-        "ratio2_mean": log_rho2.detach().exp().mean(),
-        "kl_mean": kl.mean(),
-    }
-    return per_pair.mean(), stats
 
 
 # --- Triton: fused forward + backward, one program per (row, block of tokens) -------------------

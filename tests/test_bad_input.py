@@ -119,7 +119,7 @@ def test_strategy_the_algorithm_cannot_use():
     from lightning_rlhf.algorithms.p3o import P3O
     from lightning_rlhf.algorithms.sft import SFT
 
-    online = P3O(ModelConfig(config=TINY))
+    online = P3O(ModelConfig(config=TINY), reward="lightning_rlhf.data.tasks.arithmetic:reward")
     with pytest.raises(UnsupportedStrategyError) as err:
         check_strategy(online, FSDPStrategy())
     message = _one_line(err)

@@ -1,9 +1,10 @@
 """PPO with a critic (Schulman et al. 2017; the RLHF recipe of Ziegler et al. 2019 and Ouyang et
 al. 2022) and MA-PPO, PPO over macro actions (Chai et al., "MA-RLHF", ICLR 2025).
 
-Token rewards: -beta * KL_t plus the sequence score on the last token (``rl.kl``); advantages by
-``kernels.macro_gae`` (token-level GAE is one token per segment); policy loss
-``kernels.ppo_clip_loss``; value loss ``losses.ppo.value_loss``. ALGORITHMS.md sections 4 and 5.
+Token rewards: -beta * KL_t plus the sequence score on the last token (``rl.kl``); advantages,
+policy and value losses from ``losses.ppo`` (macro-action GAE, where token-level GAE is one token
+per segment; the clipped surrogate; the clipped value loss). See ``losses/README.md``, PPO and
+MA-PPO.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Any, Literal
 
 import torch
 
-import kernels
 from lightning_rlhf.algorithms.online import OnlineRLModule
-from lightning_rlhf.losses.ppo import masked_whiten, value_loss
+from lightning_rlhf.losses.ppo import gae_advantages, policy_loss, value_loss
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.models.critic import ValueModel, critic_from_policy, critic_from_reward_model
 from lightning_rlhf.rl.buffer import Experience
@@ -83,7 +83,7 @@ class PPO(OnlineRLModule):
         return torch.where(exp.mask.bool(), ids, -1)
 
     def gae_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``kernels.macro_gae`` beyond gamma and lambda."""
+        """Keyword arguments of ``losses.ppo.gae_advantages`` beyond gamma and lambda."""
         return {}
 
     @property
@@ -102,29 +102,26 @@ class PPO(OnlineRLModule):
             exp.scores, exp.old_logprobs, exp.ref_logprobs, mask, beta=self.kl_beta, kind=hp.kl_kind
         )  # (N, T)
         exp.segment_ids = self.segments(exp)
-        advantages, exp.returns = kernels.macro_gae(
+        exp.advantages, exp.returns = gae_advantages(
             rewards, exp.values, mask, exp.segment_ids, gamma=hp.gamma, lam=hp.lam,
-            **self.gae_options(),
+            whiten=hp.whiten_advantages, **self.gae_options(),
         )  # fmt: skip
-        if hp.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        exp.advantages = torch.where(mask.bool(), advantages, 0.0)
 
     def loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate + vf_coef * clipped value loss."""
         hp = self.hparams
         logprobs = self.logprobs(self.policy, mb)  # (M, T)
-        policy_loss, pg = kernels.ppo_clip_loss(
+        pg_loss, pg = policy_loss(
             logprobs, mb.old_logprobs, mb.advantages, mb.mask,
             clip_low=hp.clip_eps, clip_high=hp.clip_eps,
             ratio_level=self.ratio_level, segment_ids=mb.segment_ids,
         )  # fmt: skip
         values = self.critic.response_values(mb.input_ids, mb.attention_mask, mb.prompt_length)
         vf_loss, vf = value_loss(values, mb.values, mb.returns, mb.mask, clip=hp.value_clip)
-        loss = policy_loss + hp.vf_coef * vf_loss
+        loss = pg_loss + hp.vf_coef * vf_loss
         stats = {
             "loss": loss.detach(),
-            "policy_loss": policy_loss.detach(),
+            "policy_loss": pg_loss.detach(),
             "value_loss": vf_loss.detach(),
             "clip_frac": pg["clip_frac"],
             "approx_kl": pg["approx_kl"],

@@ -8,8 +8,15 @@ from lightning_rlhf.losses.critic_free import (
     remax_advantages,
     rloo_advantages,
 )
+from lightning_rlhf.losses.masked import masked_mean, masked_sum
 from lightning_rlhf.losses.p3o import p3o_loss
-from lightning_rlhf.losses.ppo import explained_variance, masked_whiten, value_loss
+from lightning_rlhf.losses.ppo import (
+    explained_variance,
+    gae_advantages,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
 from lightning_rlhf.losses.preference import dpo_loss, pro_loss
 from lightning_rlhf.losses.supervised import bradley_terry_loss, sft_loss
 
@@ -18,10 +25,14 @@ __all__ = [
     "bradley_terry_loss",
     "dpo_loss",
     "explained_variance",
+    "gae_advantages",
     "grpo_advantages",
     "grpo_loss",
+    "masked_mean",
+    "masked_sum",
     "masked_whiten",
     "p3o_loss",
+    "policy_loss",
     "pro_loss",
     "reinforce_loss",
     "remax_advantages",

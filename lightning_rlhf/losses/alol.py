@@ -13,8 +13,6 @@ from typing import NamedTuple
 
 import torch
 
-import kernels
-
 Stats = dict[str, torch.Tensor]
 
 
@@ -49,6 +47,36 @@ class _Terms(NamedTuple):
 # --- shared helpers ------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def clamped_importance_weight(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.9,
+    level: str = "sequence",
+) -> torch.Tensor:
+    """A-LoL's detached importance weight clamp(rho, 1 - eps, 1 + eps).
+
+    A clamp of the weight, not PPO's min: it bounds the weight and never zeroes a gradient.
+
+    Args:
+        logprobs, ref_logprobs: (B, T) log pi_theta and log pi_ref of the response tokens.
+        mask: (B, T) nonzero at valid tokens.
+        level: "sequence": rho_seq = exp(sum_t m_t (log pi_theta - log pi_ref)), one per row;
+            "token": rho_t = exp(log pi_theta(y_t) - log pi_ref(y_t)) per token, no product.
+    Returns:
+        (B,) fp32 for "sequence", (B, T) fp32 (0 at masked tokens) for "token"; no grad.
+    """
+    if level not in ("sequence", "token"):
+        raise ValueError(f"level must be 'sequence' or 'token', got {level!r}")
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logprobs.float() - ref_logprobs.float(), 0.0)  # (B, T)
+    if level == "sequence":
+        return log_ratio.sum(dim=1).exp().clamp(1.0 - clip_eps, 1.0 + clip_eps)  # (B,)
+    return torch.where(valid, log_ratio.exp().clamp(1.0 - clip_eps, 1.0 + clip_eps), 0.0)
+
+
 def _positive_advantage(inp: _Inputs) -> tuple[torch.Tensor, Stats]:
     """A+ = max(R - V, 0): (B,), detached, never normalised; stats on A = R - V."""
     adv = inp.rewards - inp.values  # (B,)
@@ -64,7 +92,7 @@ def _clip_frac(weight: torch.Tensor, valid: torch.Tensor, clip_eps: float) -> to
 
 def _sequence_weight(inp: _Inputs) -> tuple[torch.Tensor, Stats]:
     """sg[clip(rho_seq, 1 - eps, 1 + eps)], rho_seq = exp(l_theta - l_ref): (B,)."""
-    w = kernels.clamped_importance_weight(
+    w = clamped_importance_weight(
         inp.logprobs, inp.ref_logprobs, inp.mask, clip_eps=inp.clip_eps, level="sequence"
     )
     rows = torch.ones_like(w, dtype=torch.bool)
@@ -73,7 +101,7 @@ def _sequence_weight(inp: _Inputs) -> tuple[torch.Tensor, Stats]:
 
 def _token_weight(inp: _Inputs) -> tuple[torch.Tensor, Stats]:
     """sg[clip(rho_t, 1 - eps, 1 + eps)] per token, no product over tokens: (B, T), 0 at pads."""
-    w = kernels.clamped_importance_weight(
+    w = clamped_importance_weight(
         inp.logprobs, inp.ref_logprobs, inp.mask, clip_eps=inp.clip_eps, level="token"
     )
     mean = w.sum() / inp.mask.float().sum()

@@ -1,18 +1,73 @@
-"""PPO's value loss and advantage whitening (Schulman et al. 2017; ALGORITHMS.md 4 and 5).
+"""PPO's pieces (Schulman et al. 2017) shared by token-level PPO and MA-PPO: (macro-action) GAE
+advantages, the clipped policy surrogate, the clipped value loss and advantage whitening.
 
-The policy loss is ``kernels.ppo_clip_loss`` itself (token or macro-action ratios, fused on GPU);
-it is not wrapped here. The value loss is the clipped one of the OpenAI baselines / Ziegler et al.
-2019 PPO, shared by token-level PPO and MA-PPO (per token, against the broadcast macro return).
+Advantages and the policy loss run on ``kernels`` (``macro_gae``, ``ppo_clip_loss``: token or
+macro-action ratios, fused on GPU); algorithms call these functions, not the kernels. The value
+loss is the clipped one of the OpenAI baselines / Ziegler et al. 2019 PPO, shared by token-level
+PPO and MA-PPO (per token, against the broadcast macro return).
 """
 
 from __future__ import annotations
 
 import torch
 
+import kernels
+from lightning_rlhf.losses.masked import masked_mean
 
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the True entries of ``valid`` (0 when there are none)."""
-    return torch.where(valid, x, 0.0).sum() / valid.sum().clamp(min=1)
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    ratio_level: str = "token",
+    segment_ids: torch.Tensor | None = None,
+    reduction: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate -min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A), with
+    rho per token or per macro action (``ratio_level="segment"``: exp of the segment's summed
+    log-ratio, the MA-RLHF paper's ratio). All tensors (N, T); see ``kernels.ppo_clip_loss``.
+
+    Returns:
+        fp32 loss; detached stats clip_frac, approx_kl, ratio_mean, ratio_min, ratio_max.
+    """
+    return kernels.ppo_clip_loss(
+        logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+        ratio_level=ratio_level, segment_ids=segment_ids, reduction=reduction,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def gae_advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    segment_ids: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    whiten: bool = False,
+    **aggregation: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over macro actions (one token per segment = token-level GAE), broadcast to tokens.
+
+    Args:
+        rewards, values, mask, segment_ids: (N, T) token rewards, critic values, response mask
+            and macro-action ids (``kernels.macro_gae``).
+        gamma, lam: discount and GAE lambda; whiten: :func:`masked_whiten` the advantages.
+        aggregation: ``value_agg`` / ``reward_agg`` of ``kernels.macro_gae``.
+    Returns:
+        advantages (N, T) (0 outside ``mask``) and returns (N, T).
+    """
+    advantages, returns = kernels.macro_gae(
+        rewards, values, mask, segment_ids, gamma=gamma, lam=lam, **aggregation
+    )
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return torch.where(mask.bool(), advantages, 0.0), returns
 
 
 def value_loss(
@@ -56,13 +111,13 @@ def value_loss(
         v_clipped = old + (v - old).clamp(-clip, clip)
         clipped = (v_clipped - ret).square()
         per_token, clipped_active = torch.maximum(unclipped, clipped), clipped > unclipped
-    loss = 0.5 * _masked_mean(per_token, valid)
+    loss = 0.5 * masked_mean(per_token, valid)
     stats = {
         "loss": loss.detach(),
-        "clip_frac": _masked_mean(clipped_active.float(), valid),
+        "clip_frac": masked_mean(clipped_active.float(), valid),
         "explained_variance": explained_variance(v.detach(), ret, valid),
-        "value_mean": _masked_mean(v.detach(), valid),
-        "return_mean": _masked_mean(ret, valid),
+        "value_mean": masked_mean(v.detach(), valid),
+        "return_mean": masked_mean(ret, valid),
     }
     return loss, stats
 

@@ -13,6 +13,8 @@ from lightning_rlhf.rl.kl import token_level_rewards
 from tests.algorithms.e2e import run_fit
 from tests.algorithms.online_helpers import hand_made_experience, make_module, online_args
 
+ARITHMETIC = "lightning_rlhf.data.tasks.arithmetic:reward"
+
 
 def test_mappo_n1_equals_ppo_exactly(sft_export):
     ppo = make_module(PPO, sft_export, whiten_advantages=False)
@@ -115,7 +117,7 @@ def test_value_model_reads_the_state_before_each_token(sft_export):
 def test_lora_policy_uses_the_base_as_reference_and_a_full_critic(sft_export):
     lora = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     torch.manual_seed(0)
-    module = PPO(ModelConfig(name_or_path=str(sft_export), lora=lora))
+    module = PPO(ModelConfig(name_or_path=str(sft_export), lora=lora), reward=ARITHMETIC)
     module.attach_tokenizer(get_tokenizer("arithmetic"))
     module.configure_model()
     assert module.reference is None, "no second copy: the base with the adapter off"

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from lightning_rlhf.losses.alol import VARIANTS, alol_loss
+from lightning_rlhf.losses.alol import VARIANTS, alol_loss, clamped_importance_weight
+from tests.losses.reference import clamped_importance_weight_ref
 
 # The worked check (B = 2, T = 3, row 1 padded at t = 2):
 #   log pi_theta = [[-1.0, -0.5, -2.0], [-0.3, -1.2, pad]]   l_theta = [-3.5, -1.5]
@@ -165,3 +166,31 @@ def test_errors_are_one_line_and_say_what():
         alol_loss(lp, ref, mask, torch.tensor([math.nan, 0.6]), values, variant="wbc")
     with pytest.raises(ValueError, match="row 1 has a NaN/inf value"):
         alol_loss(lp, ref, mask, rewards, torch.tensor([0.5, math.inf]), variant="a_lol")
+
+
+# --- A-LoL clamped importance weights ----------------------------------------------------------
+
+
+def test_clamped_importance_weight_alol_worked_check():
+    """ALGORITHMS.md 2: l_theta - l_ref = [0.2, -0.1] sequence-wise (row 1 has a pad token)."""
+    lp = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -1.2, 5.0]])
+    ref = torch.tensor([[-1.2, -0.4, -2.5], [-0.2, -1.0, -9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    seq = clamped_importance_weight(lp, ref, mask)
+    torch.testing.assert_close(seq, torch.tensor([math.exp(0.6), math.exp(-0.3)]))
+    tok = clamped_importance_weight(lp, ref, mask, level="token", clip_eps=0.1)
+    want = torch.tensor([[1.1, math.exp(-0.1), 1.1], [math.exp(-0.1), 0.9, 0.0]])
+    torch.testing.assert_close(tok, want)
+
+
+@pytest.mark.parametrize("level", ["sequence", "token"])
+def test_clamped_importance_weight_matches_reference(level):
+    g = torch.Generator().manual_seed(6)
+    lp = -torch.rand(3, 17, generator=g) * 3
+    old = lp + 0.3 * torch.randn(3, 17, generator=g)
+    mask = (torch.rand(3, 17, generator=g) > 0.2).long()
+    w = clamped_importance_weight(lp, old, mask, clip_eps=0.5, level=level)
+    assert not w.requires_grad
+    torch.testing.assert_close(w, clamped_importance_weight_ref(lp, old, mask, clip_eps=0.5,
+                                                                level=level))
+    assert w.min() >= 0.0 and w.max() <= 1.5
