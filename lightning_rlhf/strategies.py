@@ -23,6 +23,8 @@ from lightning.pytorch.strategies import (
 )
 from torch import nn
 
+from lightning_rlhf.models.loading import unwrap_peft
+
 #: strategy kinds, as named in the support table and in errors
 KINDS = ("single", "ddp", "fsdp", "fsdp2")
 #: the strategy kinds an algorithm may use, by its optimisation mode
@@ -102,7 +104,7 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a Hugging Face causal LM (peft wrappers unwrapped)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
     if layers is None:
@@ -124,7 +126,7 @@ def shard_causal_lm(model: nn.Module, mesh: Any) -> nn.Module:
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     base.get_decoder().register_forward_pre_hook(lambda *_: _unshard_root(model))
     return model
 

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_rlhf.data.tasks import get_task
 from lightning_rlhf.metrics import GenerationMetrics
-from lightning_rlhf.models import response_logprobs
+from lightning_rlhf.models import response_logprobs, unwrap_peft
 from lightning_rlhf.rl.rollout import generate, left_pad_prompts
 
 
@@ -134,8 +134,7 @@ def _is_causal_lm(pl_module: L.LightningModule) -> bool:
     return (
         policy is not None
         and hasattr(policy, "generate")
-        and "CausalLM"
-        in type(policy.get_base_model() if hasattr(policy, "get_base_model") else policy).__name__
+        and "CausalLM" in type(unwrap_peft(policy)).__name__
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._backend import check_choice, check_same_shape
+from kernels import check_choice, check_same_shape
 
 
 def _p3o_delta(l1, ref1, l2, ref2, rewards1, rewards2, kl_beta):

@@ -12,18 +12,9 @@ from typing import Literal
 
 import torch
 
+from kernels import check_same_shape
+
 KLKind = Literal["k1", "k2", "k3"]
-
-
-def _check_same_shape(logprobs: torch.Tensor, **others: torch.Tensor) -> None:
-    if logprobs.dim() != 2:
-        raise ValueError(f"kl: logprobs must be (B, T), got shape {tuple(logprobs.shape)}")
-    for name, t in others.items():
-        if t.shape != logprobs.shape:
-            raise ValueError(
-                f"kl: {name} must have the shape of logprobs {tuple(logprobs.shape)}, "
-                f"got {tuple(t.shape)}"
-            )
 
 
 def kl_penalty(
@@ -43,7 +34,7 @@ def kl_penalty(
     Returns:
         (B, T) fp32.
     """
-    _check_same_shape(logprobs, ref_logprobs=ref_logprobs, mask=mask)
+    check_same_shape("logprobs", logprobs, dims=2, ref_logprobs=ref_logprobs, mask=mask)
     valid = mask.bool()
     d = torch.where(valid, logprobs.float() - ref_logprobs.float(), 0.0)  # no NaN grads from pads
     if kind == "k1":
