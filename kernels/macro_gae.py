@@ -124,7 +124,7 @@ def macro_gae(
     reward_agg: str = "sum",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE over macro actions, broadcast back to tokens (ALGORITHMS.md sections 4 and 5).
+    """GAE over macro actions, broadcast back to tokens (losses/README.md §4 and §5).
 
     Args:
         rewards: (B, T) per-token rewards (any float dtype; summed in fp32).

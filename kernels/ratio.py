@@ -102,7 +102,7 @@ def ppo_clip_loss(
     reduction: str = "token_mean",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate (ALGORITHMS.md 4; MA-PPO's macro variant, section 5).
+    """PPO clipped surrogate (losses/README.md §4; MA-PPO's macro variant, §5).
 
     Per token: max(-A * rho, -A * clamp(rho, 1 - clip_low, 1 + clip_high)), rho = exp(log pi_theta
     - log pi_old). ``ratio_level="segment"`` uses one ratio per macro action (the sum of its

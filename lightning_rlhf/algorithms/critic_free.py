@@ -1,5 +1,5 @@
-"""Critic-free relatives of P3O (ALGORITHMS.md 7): RLOO (Ahmadian et al. 2024, "Back to Basics"),
-ReMax (Li et al. 2023) and GRPO (Shao et al. 2024, DeepSeekMath).
+"""Critic-free relatives of P3O (losses/README.md §7): RLOO (Ahmadian et al. 2024, "Back to
+Basics"), ReMax (Li et al. 2023) and GRPO (Shao et al. 2024, DeepSeekMath).
 
 RLOO and ReMax fold the sequence KL into the reward (R - beta * (l_old - l_ref)) and differ only
 in the baseline; GRPO normalises rewards within the group and adds a k3 KL term to its loss.

@@ -1,5 +1,6 @@
 """DPO: direct preference optimisation on (prompt, chosen, rejected) pairs (Rafailov et al. 2023,
-"Direct Preference Optimization"); optional cDPO label smoothing and the IPO loss (ALGORITHMS.md 3).
+"Direct Preference Optimization"); optional cDPO label smoothing and the IPO loss
+(losses/README.md §3).
 
 Sequence log-likelihoods are masked SUMS of response log-probs; the reference is a frozen copy of
 the initial policy (or the LoRA base with adapters disabled) and runs live, under no_grad.

@@ -1,4 +1,5 @@
-"""P3O: pairwise proximal policy optimisation (Wu et al. 2023, arXiv:2310.00212; ALGORITHMS.md 6).
+"""P3O: pairwise proximal policy optimisation (Wu et al. 2023, arXiv:2310.00212; losses/README.md
+§6).
 
 How it departs from PPO: a contextual bandit, the whole response is one action; two responses per
 prompt and no critic; the update follows the reward *difference* of the pair (invariant to any

@@ -1,7 +1,7 @@
 """PRO: preference ranking optimisation over ranked lists (Song et al. 2023, "Preference Ranking
-Optimization for Human Alignment"; ALGORITHMS.md 3). Reference-free: scores are length-normalised
-policy log-likelihoods, temperatures come from reward gaps, plus an SFT term on the best response.
-"""
+Optimization for Human Alignment"; losses/README.md §3). Reference-free: scores are length-
+normalised policy log-likelihoods, temperatures come from reward gaps, plus an SFT term on the
+best response."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Supervised fine-tuning: masked next-token NLL on response tokens.
 
-Loss = -sum_{b,t} m_bt log pi(y_bt) / sum_{b,t} m_bt, the token mean over the batch (ALGORITHMS.md
-section 1): long responses weigh more than short ones, as in standard LM training.
+Loss = -sum_{b,t} m_bt log pi(y_bt) / sum_{b,t} m_bt, the token mean over the batch
+(losses/README.md §1): long responses weigh more than short ones, as in standard LM training.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The A-LoL family of offline losses (Baheti et al., "Leftover Lunch: Advantage-based Offline
-Reinforcement Learning for Language Models", ICLR 2024; ALGORITHMS.md section 2).
+Reinforcement Learning for Language Models", ICLR 2024; losses/README.md §2).
 
 The whole response is one action: every variant is a per-sequence loss built on the masked SUM
 l(y|x) = sum_t m_t log pi(y_t); the batch loss is the mean over sequences.
@@ -120,7 +120,7 @@ def _token_terms(inp: _Inputs, coef: torch.Tensor, stats: Stats) -> _Terms:
     return _Terms(-(coef * inp.logprobs).sum(dim=1), coef, stats)
 
 
-# --- the variants (ALGORITHMS.md 2, one row of the table each) ----------------------------------
+# --- the variants (losses/README.md §2, one row of the table each) ---------------------------
 
 
 def _nll(inp: _Inputs) -> _Terms:
@@ -256,7 +256,8 @@ def alol_loss(
     kl_beta: float = 0.0,
     gold_floor: float = 0.1,
 ) -> tuple[torch.Tensor, Stats]:
-    """A-LoL family loss (ALGORITHMS.md 2): mean over sequences of the variant's per-sequence loss.
+    """A-LoL family loss (losses/README.md §2): mean over sequences of the variant's
+    per-sequence loss.
 
     Args:
         logprobs: (B, T) log pi_theta(y_t) of the response tokens (values at masked tokens ignored).

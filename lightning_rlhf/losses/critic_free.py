@@ -1,4 +1,4 @@
-"""Critic-free policy gradients beside P3O (ALGORITHMS.md 7): RLOO, ReMax, GRPO.
+"""Critic-free policy gradients beside P3O (losses/README.md §7): RLOO, ReMax, GRPO.
 
 RLOO: Ahmadian et al. 2024, "Back to Basics" (leave-one-out baseline, REINFORCE on whole
 sequences). ReMax: Li et al. 2023 (baseline = reward of the greedy response). GRPO: Shao et al.

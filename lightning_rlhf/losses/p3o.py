@@ -1,4 +1,5 @@
-"""P3O: Pairwise Proximal Policy Optimization (Wu et al. 2023, arXiv:2310.00212; ALGORITHMS.md 6).
+"""P3O: Pairwise Proximal Policy Optimization (Wu et al. 2023, arXiv:2310.00212; losses/README.md
+§6).
 
 How P3O departs from PPO: a contextual bandit (one action = the whole response), two samples per
 prompt and no critic; the policy gradient is the pairwise (r1 - r2) / 2 * grad(l1 - l2), so any

@@ -1,4 +1,4 @@
-"""Offline preference losses (ALGORITHMS.md section 3): DPO (Rafailov et al. 2023) with its
+"""Offline preference losses (losses/README.md §3): DPO (Rafailov et al. 2023) with its
 reference-free, conservative (cDPO, label smoothing) and IPO (Azar et al. 2023) forms, and PRO,
 preference ranking optimisation over ranked lists (Song et al. 2023, "Preference Ranking
 Optimization for Human Alignment")."""
@@ -163,14 +163,14 @@ def pro_loss(
     sft_weight: float | None = None,
     candidate_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
-    """PRO loss (Song et al. 2023; ALGORITHMS.md 3), mean over prompts.
+    """PRO loss (Song et al. 2023; losses/README.md §3), mean over prompts.
 
     Per prompt with ranked candidates y^1 > ... > y^n, scores s^i = l_theta(y^i) / |y^i|:
     L = sum_{k=1}^{n-1} -log(exp(s^k / T_k^k) / sum_{i>=k} exp(s^i / T_k^i))
         + beta_sft * (-l_theta(y^1)),
     1/T_k^i = r^k - r^i (i > k), 1/T_k^k = max_{i>k}(r^k - r^i), beta_sft = 0.05 (n - 1)^2 with
     n the prompt's number of candidates (``sft_weight`` overrides). The SFT term uses the summed
-    l_theta as ALGORITHMS.md writes it. Ties: a candidate tied with y^k is left out of step k.
+    l_theta as losses/README.md §3 writes it. Ties: a candidate tied with y^k is left out of step k.
 
     Args:
         logprobs: (B, N, T) log pi_theta of each candidate's response tokens, best first.

@@ -1,4 +1,4 @@
-"""A-LoL's value estimate V(x) (Baheti et al., "Leftover Lunch", ICLR 2024; ALGORITHMS.md 2).
+"""A-LoL's value estimate V(x) (Baheti et al., "Leftover Lunch", ICLR 2024; losses/README.md §2).
 
 One learned query vector attends (multi-head, with a key padding mask) over the FROZEN reference
 LM's last hidden states at the prompt tokens, then Linear -> sigmoid * max_value. It is fitted

@@ -1,7 +1,7 @@
 """KL penalties to the reference policy and the KL coefficient controllers.
 
 Per-token estimators k1/k2/k3 (Schulman, "Approximating KL divergence", 2020), the PPO per-token
-reward with the sequence score on the last token (ALGORITHMS.md 4), and the fixed / adaptive
+reward with the sequence score on the last token (losses/README.md §4), and the fixed / adaptive
 target-KL controllers of Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences".
 """
 

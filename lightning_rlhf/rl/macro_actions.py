@@ -1,4 +1,4 @@
-"""Macro-action segmenters for MA-PPO (Chai et al., "MA-RLHF", ICLR 2025; ALGORITHMS.md 5).
+"""Macro-action segmenters for MA-PPO (Chai et al., "MA-RLHF", ICLR 2025; losses/README.md §5).
 
 A segmenter cuts each response into runs of consecutive tokens (macro actions); ``segment``
 returns their ids for ``kernels.macro_gae`` / ``kernels.ppo_clip_loss(ratio_level="segment")``.

@@ -1,5 +1,5 @@
 """kernels.macro_gae (torch backend and interpreted Triton) against the Python-loop reference,
-the textbook token-level GAE (n = 1, bit-exact) and the hand-worked check of ALGORITHMS.md 5."""
+the textbook token-level GAE (n = 1, bit-exact) and the hand-worked check of losses/README.md §5."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_one_token_per_macro_is_textbook_gae_bit_exact(backend, value_agg, in_dt
     assert torch.equal(ret, ret_tb)
 
 
-# Worked check of ALGORITHMS.md 5, tokens counted from t = 1: V_t = 0.1 t - 0.3 = -0.2 .. 0.9,
+# Worked check of losses/README.md §5, tokens counted from t = 1: V_t = 0.1 t - 0.3 = -0.2 .. 0.9,
 # macro sizes [5, 5, 1, 1], reward 1.7 on token 12, gamma 1, lambda 0.95.
 #   "mean":  V = [0.0, 0.5, 0.8, 0.9]  (means of -0.2..0.2 and 0.3..0.7), R = [0, 0, 0, 1.7]
 #     A4 = 1.7 - 0.9 = 0.8

@@ -38,7 +38,8 @@ def p3o_clip_objective_ref(
     *, variant: str = "v1", clip_eps: float = 0.2, kl_beta: float = 0.05,
     weight_cap: float = 10.0,
 ) -> torch.Tensor:
-    """P3O V1/V2 loss, pair by pair, literally as ALGORITHMS.md 6 writes it. (B,) in, scalar out."""
+    """P3O V1/V2 loss, pair by pair, literally as losses/README.md §6 writes it.
+    (B,) in, scalar out."""
     losses = []
     for b in range(logps1.shape[0]):
         l1, l2 = logps1[b].float(), logps2[b].float()

@@ -1,4 +1,4 @@
-"""lightning_rlhf.losses.alol: every A-LoL variant on ALGORITHMS.md 2's worked check (values and
+"""lightning_rlhf.losses.alol: every A-LoL variant on losses/README.md §2's worked check (values and
 gradient coefficients derived by hand below), the clamp bounding without zeroing, stats, errors."""
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def test_errors_are_one_line_and_say_what():
 
 
 def test_clamped_importance_weight_alol_worked_check():
-    """ALGORITHMS.md 2: l_theta - l_ref = [0.2, -0.1] sequence-wise (row 1 has a pad token)."""
+    """losses/README.md §2: l_theta - l_ref = [0.2, -0.1] sequence-wise (row 1 has a pad token)."""
     lp = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -1.2, 5.0]])
     ref = torch.tensor([[-1.2, -0.4, -2.5], [-0.2, -1.0, -9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])

@@ -1,5 +1,5 @@
-"""P3O on the ALGORITHMS.md 6 worked check (Delta = 0.775), V1 and V2 by hand, and invariance to a
-per-prompt reward shift."""
+"""P3O on the losses/README.md §6 worked check (Delta = 0.775), V1 and V2 by hand, and invariance
+to a per-prompt reward shift."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_shape_errors():
 
 
 # --- P3O ---------------------------------------------------------------------------------------
-# ALGORITHMS.md 6: r1 = 1.0, r2 = 0.2, beta = 0.05; theta/old/ref: y1 -20.0/-20.3/-21.0,
+# losses/README.md §6: r1 = 1.0, r2 = 0.2, beta = 0.05; theta/old/ref: y1 -20.0/-20.3/-21.0,
 # y2 -25.0/-24.8/-25.5.  r~1 = 1 - 0.05 * 1.0 = 0.95, r~2 = 0.2 - 0.05 * 0.5 = 0.175,
 # Delta = 0.775; rho1 = e^0.3, rho2 = e^-0.2, rho1 rho2 = e^0.1 (all inside [1/10, 10]).
 # V1, eps 0.2: term 1 = max(-D rho2 rho1, -D rho2 * 1.2) = -0.93 e^-0.2 (clipped, no grad);

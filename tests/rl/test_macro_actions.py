@@ -1,4 +1,4 @@
-"""Macro-action segmenters on hand-made sequences (MA-RLHF, ALGORITHMS.md 5), the id invariants
+"""Macro-action segmenters on hand-made sequences (MA-RLHF, losses/README.md §5), the id invariants
 every rule keeps, and the MA-PPO n = 1 property: fixed n = 1 + kernels.macro_gae == token GAE."""
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def test_ma_ppo_n1_equals_token_level_gae(gamma, lam):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_worked_check_through_segment(side):
-    """ALGORITHMS.md 5: V_t = 0.1 t - 0.3 (t = 1..12), reward 1.7 on the last token, n = 5."""
+    """losses/README.md §5: V_t = 0.1 t - 0.3 (t = 1..12), reward 1.7 on the last token, n = 5."""
     t = torch.arange(1, 13, dtype=torch.float32)
     values = _pad(0.1 * t - 0.3, 4, side, fill=7.0)[None]
     rewards = _pad(torch.tensor([0.0] * 11 + [1.7]), 4, side, fill=7.0)[None]
