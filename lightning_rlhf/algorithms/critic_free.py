@@ -20,9 +20,9 @@ from lightning_rlhf.losses.critic_free import (
     remax_advantages,
     rloo_advantages,
 )
+from lightning_rlhf.losses.kl import sequence_kl
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.rl.buffer import Experience
-from lightning_rlhf.rl.kl import sequence_kl
 from lightning_rlhf.rl.rewards import normalize_rewards
 
 

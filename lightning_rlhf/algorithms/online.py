@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.losses.kl import kl_penalty, sequence_kl
 from lightning_rlhf.models import ModelConfig, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
-from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController, kl_penalty, sequence_kl
+from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController
 from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
 from lightning_rlhf.rl.rollout import Rollout, generate
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 import kernels
-from lightning_rlhf.rl.kl import kl_penalty
+from lightning_rlhf.losses.kl import kl_penalty
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:

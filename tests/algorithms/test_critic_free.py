@@ -9,7 +9,7 @@ import torch
 from lightning_rlhf.algorithms.critic_free import GRPO, RLOO, ReMax
 from lightning_rlhf.algorithms.p3o import P3O
 from lightning_rlhf.losses.critic_free import grpo_advantages, grpo_loss, rloo_advantages
-from lightning_rlhf.rl.kl import sequence_kl
+from lightning_rlhf.losses.kl import sequence_kl
 from tests.algorithms.e2e import run_fit
 from tests.algorithms.online_helpers import hand_made_experience, make_module, online_args
 

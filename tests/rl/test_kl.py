@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from lightning_rlhf.rl.kl import (
-    AdaptiveKLController,
-    FixedKLController,
-    kl_penalty,
-    sequence_kl,
-    token_level_rewards,
-)
+from lightning_rlhf.losses.kl import kl_penalty, sequence_kl
+from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController, token_level_rewards
 
 LP = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -1.2, 7.0]])
 REF = torch.tensor([[-1.2, -0.4, -2.5], [-0.2, -1.0, 9.0]])
