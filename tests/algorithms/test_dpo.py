@@ -47,11 +47,11 @@ def test_identical_pairs_are_skipped_and_counted(tmp_path, sft_export):
     batch["input_ids"][0, 1] = batch["input_ids"][0, 0]  # row 0: rejected := chosen
     batch["attention_mask"][0, 1] = batch["attention_mask"][0, 0]
     assert distinct_pairs(batch).tolist() == [False] + [True] * 7
-    loss, stats = module._loss(batch)
+    loss, stats = module.compute_loss(batch)
     assert torch.isfinite(loss) and module.skipped_pairs == 1 == stats["skipped_pairs"]
     for key in ("input_ids", "attention_mask"):
         batch[key][:, 1] = batch[key][:, 0]
-    assert module._loss(batch) is None and module.skipped_pairs == 9
+    assert module.compute_loss(batch) is None and module.skipped_pairs == 9
 
 
 def test_dpo_refuses_response_data(tmp_path):
