@@ -1,5 +1,6 @@
 """DPO: direct preference optimisation on (prompt, chosen, rejected) pairs (Rafailov et al. 2023,
-"Direct Preference Optimization"); optional cDPO label smoothing and the IPO loss (ALGORITHMS.md 3).
+"Direct Preference Optimization"); optional cDPO label smoothing, robust, hinge, IPO and SimPO
+losses and an RPO SFT term (``losses.preference.dpo_loss``; ALGORITHMS.md 3).
 
 Sequence log-likelihoods are masked SUMS of response log-probs; the reference is a frozen copy of
 the initial policy (or the LoRA base with adapters disabled) and runs live, under no_grad.
@@ -14,7 +15,7 @@ import torch
 from lightning_rlhf.algorithms.alol import FrozenReference
 from lightning_rlhf.algorithms.base import RLHFModule
 from lightning_rlhf.demo import DemoStage
-from lightning_rlhf.losses.preference import dpo_loss
+from lightning_rlhf.losses.preference import DPO_LOSSES, dpo_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
 
 
@@ -24,6 +25,11 @@ def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     b, n, length = ids.shape
     flat = [t.reshape(b * n, length) for t in (ids, am, rm)]  # (B*N, L)
     return response_logprobs(model, *flat).sum(-1).view(b, n)  # (B, N)
+
+
+def response_lengths(batch: dict) -> torch.Tensor:
+    """(B, N) number of scored response tokens of each candidate (column 0 is never scored)."""
+    return batch["response_mask"][..., 1:].sum(-1)
 
 
 def distinct_pairs(batch: dict) -> torch.Tensor:
@@ -41,8 +47,12 @@ class DPO(FrozenReference, RLHFModule):
         policy: the model to train (usually the SFT export).
         beta: inverse temperature of the implicit reward beta * (l_theta - l_ref).
         reference_free: drop the reference terms (no reference model is built).
-        label_smoothing: cDPO's assumed label-noise rate.
-        loss_type: "sigmoid" (DPO) or "ipo".
+        label_smoothing: the assumed label-noise rate eps ("sigmoid": cDPO, "robust", "simpo").
+        loss_type: "sigmoid" (DPO), "robust", "hinge", "ipo" or "simpo" (reference-free, no
+            reference model is built); see ``losses.preference.dpo_loss``.
+        simpo_gamma: SimPO's target margin gamma.
+        length_average: divide each sequence log-likelihood by its token count (TRL's IPO).
+        sft_weight: weight of RPO's NLL of the chosen responses (TRL's ``rpo_alpha``).
         Other arguments: those of :class:`RLHFModule`.
     """
 
@@ -64,17 +74,29 @@ class DPO(FrozenReference, RLHFModule):
         beta: float = 0.1,
         reference_free: bool = False,
         label_smoothing: float = 0.0,
-        loss_type: Literal["sigmoid", "ipo"] = "sigmoid",
+        loss_type: Literal["sigmoid", "robust", "hinge", "ipo", "simpo"] = "sigmoid",
+        simpo_gamma: float = 0.5,
+        length_average: bool = False,
+        sft_weight: float = 0.0,
         lr: float = 5e-7,
         **kwargs: Any,
     ) -> None:
+        if loss_type not in DPO_LOSSES:
+            raise ValueError(f"DPO: unknown loss_type {loss_type!r}; choose from "
+                             f"{list(DPO_LOSSES)}")  # fmt: skip
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
         self.reference = None
         self.skipped_pairs = 0
 
+    @property
+    def uses_reference(self) -> bool:
+        """False when reference_free or the loss (SimPO) has no reference term."""
+        hp = self.hparams
+        return not hp.reference_free and DPO_LOSSES[hp.loss_type].reference
+
     def build_frozen(self) -> None:
-        if not self.hparams.reference_free:
+        if self.uses_reference:
             super().build_frozen()
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict] | None:
@@ -85,9 +107,11 @@ class DPO(FrozenReference, RLHFModule):
             batch = {k: v[keep] for k, v in batch.items() if isinstance(v, torch.Tensor)}
             if not keep.any():
                 return None
+        hp = self.hparams
         logps = sequence_logps(self.policy, batch)  # (B, 2)
+        lengths = response_lengths(batch)  # (B, 2)
         ref = None
-        if not self.hparams.reference_free:
+        if self.uses_reference:
             with torch.no_grad(), self.reference_model() as reference:
                 ref = sequence_logps(reference, batch)  # (B, 2)
         loss, stats = dpo_loss(
@@ -95,10 +119,15 @@ class DPO(FrozenReference, RLHFModule):
             logps[:, 1],
             None if ref is None else ref[:, 0],
             None if ref is None else ref[:, 1],
-            beta=self.hparams.beta,
-            reference_free=self.hparams.reference_free,
-            label_smoothing=self.hparams.label_smoothing,
-            loss_type=self.hparams.loss_type,
+            beta=hp.beta,
+            reference_free=hp.reference_free,
+            label_smoothing=hp.label_smoothing,
+            loss_type=hp.loss_type,
+            simpo_gamma=hp.simpo_gamma,
+            length_average=hp.length_average,
+            sft_weight=hp.sft_weight,
+            chosen_lengths=lengths[:, 0],
+            rejected_lengths=lengths[:, 1],
         )
         return loss, {**stats, "skipped_pairs": float(self.skipped_pairs)}
 
