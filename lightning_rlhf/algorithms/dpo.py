@@ -1,6 +1,6 @@
 """DPO: direct preference optimisation on (prompt, chosen, rejected) pairs (Rafailov et al. 2023,
 "Direct Preference Optimization"); optional cDPO label smoothing, robust, hinge, IPO and SimPO
-losses and an RPO SFT term (``losses.preference.dpo_loss``; ALGORITHMS.md 3).
+losses and an RPO SFT term (``losses.preference.dpo_loss``).
 
 Sequence log-likelihoods are masked SUMS of response log-probs; the reference is a frozen copy of
 the initial policy (or the LoRA base with adapters disabled) and runs live, under no_grad.

@@ -1,4 +1,4 @@
-"""Offline preference losses (ALGORITHMS.md section 3): DPO (Rafailov et al. 2023) with its
+"""Offline preference losses: DPO (Rafailov et al. 2023) with its
 reference-free, conservative (cDPO, label smoothing), robust (Chowdhury et al. 2024), hinge
 (SLiC-HF), IPO (Azar et al. 2023) and SimPO (Meng et al. 2024) forms and an RPO SFT term, and PRO,
 preference ranking optimisation over ranked lists (Song et al. 2023, "Preference Ranking
