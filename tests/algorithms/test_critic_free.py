@@ -14,6 +14,7 @@ import kernels
 from lightning_rlhf.algorithms.critic_free import GRPO, RLOO, ReMax
 from lightning_rlhf.algorithms.online import OnlineRLModule
 from lightning_rlhf.algorithms.p3o import P3O
+from lightning_rlhf.algorithms.ppo import PPO
 from lightning_rlhf.losses.critic_free import grpo_advantages, grpo_loss, rloo_advantages
 from lightning_rlhf.rl.kl import sequence_kl
 from tests.algorithms.e2e import run_fit
@@ -173,9 +174,9 @@ def test_global_token_mean_weights_minibatches_by_tokens(sft_export):
     assert default.minibatch_weights(exp, group) == [0.5, 0.5]
 
 
-@pytest.mark.parametrize("cls", [RLOO, ReMax, GRPO])
+@pytest.mark.parametrize("cls", [RLOO, ReMax, GRPO, PPO])
 def test_asymmetric_clip_range(cls, sft_export):
-    k = 1 if cls is ReMax else 2
+    k = 1 if cls in (ReMax, PPO) else 2
     module = make_module(cls, sft_export, samples_per_prompt=k, clip_low=0.1, clip_high=0.3)
     assert module.clip_range == (0.1, 0.3)
     assert make_module(cls, sft_export, samples_per_prompt=k, clip_eps=0.25).clip_range == (
@@ -228,16 +229,19 @@ def _count_policy_forwards(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("shortcut", [False, True])
 def test_on_policy_shortcut_skips_one_policy_forward(shortcut, sft_export, tmp_path, monkeypatch):
-    """One epoch, one minibatch: the shortcut takes the rollout's log-probs with gradients and
-    the update reuses them (1 policy forward per rollout instead of 2; ratio exactly 1)."""
+    """One epoch, one minibatch: the shortcut takes the rollout's log-probs (and entropy) with
+    gradients and the update reuses them (1 policy forward per rollout instead of 2; ratio
+    exactly 1)."""
     calls = _count_policy_forwards(monkeypatch)
     args = online_args(sft_export, "--model.init_args.ppo_epochs", "1",
-                       "--model.init_args.on_policy_shortcut", str(shortcut).lower())  # fmt: skip
+                       "--model.init_args.on_policy_shortcut", str(shortcut).lower(),
+                       "--model.init_args.entropy_coef", "0.01")  # fmt: skip
     cli, snap = run_fit("grpo/arithmetic.yaml", tmp_path, *args, steps=2)
     assert calls[0] == (2 if shortcut else 4)  # two rollouts
     assert snap.unchanged(cli.model) == []
     metrics = cli.trainer.callback_metrics
     assert metrics["train/ratio_mean"].item() == 1.0 and metrics["train/clip_frac"] == 0
+    assert metrics["train/entropy"] > 0  # the bonus uses the rollout's entropy under the shortcut
 
 
 def test_on_policy_shortcut_is_off_for_several_epochs(sft_export, tmp_path, monkeypatch):
