@@ -1,15 +1,17 @@
 # Set-up, demo and tests in one place; the README shows these commands and .ci/run calls `make test`.
 #   make demo   install, then train and compare every algorithm on the embedded task
 #   make test   install, then ruff and the test suite
-# TORCH pins the CPU build of torch this kind of machine's pip finds offline; on a GPU machine
-# run `make test TORCH=` to keep the CUDA build you already have.
+# TORCH pins the CPU build of torch this kind of machine's pip finds offline; CONSTRAINTS pins
+# every dependency to the tested versions (.ci/constraints.txt). On a GPU machine run
+# `make test TORCH= CONSTRAINTS=` to keep the CUDA build of torch you already have.
 PYTHON ?= python
 TORCH ?= torch==2.13.0
+CONSTRAINTS ?= .ci/constraints.txt
 
 .PHONY: install demo test lint bench
 
 install:
-	$(PYTHON) -m pip install --quiet $(TORCH) -e ".[dev]"
+	$(PYTHON) -m pip install --quiet $(TORCH) $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
 
 demo: install
 	$(PYTHON) -m lightning_rlhf demo

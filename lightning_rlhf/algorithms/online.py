@@ -8,6 +8,7 @@ of shuffled minibatch updates with gradient accumulation, clipping and a NaN gua
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -16,12 +17,20 @@ import torch
 from torch import nn
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.losses.critic_free import (
+    ZeroVarianceWatch,
+    check_clip_range,
+    truncated_rows,
+    zero_variance_groups,
+)
 from lightning_rlhf.losses.kl import kl_penalty, sequence_kl
 from lightning_rlhf.models import ModelConfig, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController
 from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
 from lightning_rlhf.rl.rollout import Rollout, generate
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -69,6 +78,15 @@ class OnlineRLModule(RLHFModule):
         reward_clip: clip the (normalised) rewards to [-c, c]; None: no clipping.
         normalize_reward: divide rewards by a running standard deviation (checkpointed).
         seed: seed of the minibatch shuffles (mixed with the global step).
+        clip_low, clip_high: asymmetric ratio clip range [1 - clip_low, 1 + clip_high] (DAPO's
+            clip-higher; TRL's epsilon / epsilon_high); None: the algorithm's ``clip_eps``.
+        zero_variance_warn_after: warn once (one line) after this many rollouts in a row where
+            every group's rewards were all equal (no signal to learn from); None: never.
+        on_policy_shortcut: when the update is exactly on-policy (``ppo_epochs`` 1, one
+            minibatch), take the rollout's policy log-probs with gradients and reuse them in the
+            loss (old = current.detach(), ratio exactly 1): one policy forward fewer per
+            rollout. Off by default: the update otherwise sees the rows in shuffled order, so
+            turning it on changes results by rounding.
         lr, weight_decay, betas, warmup_steps, schedule, max_nonfinite_steps: see RLHFModule.
     """
 
@@ -94,10 +112,15 @@ class OnlineRLModule(RLHFModule):
         reward_clip: float | None = None,
         normalize_reward: bool = False,
         seed: int = 0,
+        clip_low: float | None = None,
+        clip_high: float | None = None,
+        zero_variance_warn_after: int | None = 5,
+        on_policy_shortcut: bool = False,
         lr: float = 1e-5,
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
+        check_clip_range(*self.clip_range, None, where=type(self).__name__)
         _check_positive(
             samples_per_prompt=samples_per_prompt,
             max_new_tokens=max_new_tokens,
@@ -118,6 +141,15 @@ class OnlineRLModule(RLHFModule):
         self.reward_moments = RunningMoments() if normalize_reward else None
         self._reward_fn: Any = None
         self.last_timings: dict[str, float] = {}  # seconds per phase of the last step, + tokens
+        self.zero_variance_watch = ZeroVarianceWatch(zero_variance_warn_after)
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """(clip_low, clip_high) of the ratio clip, each defaulting to ``clip_eps`` (0.2)."""
+        hp = self.hparams
+        eps = hp.get("clip_eps", 0.2)
+        low, high = hp.get("clip_low"), hp.get("clip_high")
+        return (eps if low is None else low, eps if high is None else high)
 
     @property
     def kl_beta(self) -> float:
@@ -193,6 +225,22 @@ class OnlineRLModule(RLHFModule):
         p = exp.prompt_length
         return tuple(o[:, p:] for o in out) if entropy else out[:, p:]  # (N, T)
 
+    def policy_logprobs(
+        self, mb: Experience, *, entropy: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(M, T) log pi_theta of a minibatch with gradients (and the entropy with ``entropy``):
+        the rollout's own forward under the on-policy shortcut, else a fresh one."""
+        if mb.live_logprobs is None:
+            return self.logprobs(self.policy, mb, entropy=entropy)
+        return (mb.live_logprobs, mb.live_entropy) if entropy else mb.live_logprobs
+
+    def _on_policy(self, exp: Experience) -> bool:
+        """The shortcut is on and the update is one epoch of one minibatch."""
+        hp = self.hparams
+        size = hp.minibatch_size or exp.num_rows
+        one_minibatch = max(1, size // exp.group_size) >= exp.num_groups
+        return hp.on_policy_shortcut and hp.ppo_epochs == 1 and one_minibatch
+
     def reference_logprobs(self, exp: Experience) -> torch.Tensor:
         """(N, T) log pi_ref of the responses (the LoRA base when there is no reference copy)."""
         with self.reference_model() as ref:
@@ -229,7 +277,14 @@ class OnlineRLModule(RLHFModule):
             extra={"prompts": prompts, "responses": rollout.responses, "raw_scores": raw},
         )
         with timed(timings, "logprobs", self.device):
-            exp.old_logprobs, entropy = self.logprobs(self.policy, exp, entropy=True)
+            if self._on_policy(exp):
+                with torch.enable_grad():
+                    exp.live_logprobs, exp.live_entropy = self.logprobs(
+                        self.policy, exp, entropy=True
+                    )
+                exp.old_logprobs, entropy = exp.live_logprobs.detach(), exp.live_entropy.detach()
+            else:
+                exp.old_logprobs, entropy = self.logprobs(self.policy, exp, entropy=True)
             exp.ref_logprobs = self.reference_logprobs(exp)
         if self.reward_moments is not None:  # every rank updates with every rank's rewards
             self.reward_moments.update(self._gather(raw).reshape(-1))
@@ -261,8 +316,25 @@ class OnlineRLModule(RLHFModule):
             "kl_beta": self.kl_beta,
             "entropy": (entropy * mask).sum() / mask.sum().clamp(min=1),
             "response_length": mask.sum(-1).float().mean(),
+            "truncated_frac": truncated_rows(exp.response_ids, mask, self.tokenizer.eos_token_id)
+            .float()
+            .mean(),
         }
+        if exp.group_size > 1:
+            stats["zero_variance_frac"] = self._watch_zero_variance(raw.view(-1, exp.group_size))
         self.log_stats("rollout", stats, prog_bar=False, batch_size=exp.num_rows)
+
+    def _watch_zero_variance(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The fraction of (G, K) groups with equal rewards; warn once on a run of all-zero."""
+        frac = zero_variance_groups(rewards).float().mean()
+        if self.zero_variance_watch.update(bool(frac == 1.0)):
+            log.warning(
+                f"{type(self).__name__}: every group had equal rewards in "
+                f"{self.zero_variance_watch.streak} rollouts in a row; advantages are zero and "
+                "the policy is not learning (check the reward, or raise temperature / "
+                "samples_per_prompt)"
+            )
+        return frac
 
     # --- the algorithm ------------------------------------------------------------------------
     def compute_advantages(self, exp: Experience, timings: dict[str, float]) -> None:
@@ -308,21 +380,21 @@ class OnlineRLModule(RLHFModule):
     def optimizer_step(
         self, exp: Experience, group: list[torch.Tensor]
     ) -> list[dict[str, torch.Tensor]]:
-        """Accumulate the gradients of ``group``'s minibatches (each weighted by its share of the
-        rows), clip, step the optimiser and the lr schedule. A non-finite loss skips the whole
-        step (``guard_loss``); non-finite gradients are dropped before the optimiser step by the
-        base class's ``on_before_optimizer_step`` (on every rank, FSDP2 shards included)."""
+        """Accumulate the gradients of ``group``'s minibatches (weighted by
+        :meth:`minibatch_weights`, by default each one's share of the rows), clip, step the
+        optimiser and the lr schedule. A non-finite loss skips the whole step (``guard_loss``);
+        non-finite gradients are dropped before the optimiser step by the base class's
+        ``on_before_optimizer_step`` (on every rank, FSDP2 shards included)."""
         opt, sched = self.optimizers(), self.lr_schedulers()
-        total = sum(len(rows) for rows in group)
         stats, ok = [], True
-        for rows in group:
+        for rows, weight in zip(group, self.minibatch_weights(exp, group)):
             device_rows = rows.to(exp.input_ids.device)
             loss, mb_stats = self.loss(exp.select(device_rows))
             loss = self.guard_loss(loss)
             if loss is None:
                 ok = False
                 break
-            self.manual_backward(loss * (len(rows) / total))
+            self.manual_backward(loss * weight)
             stats.append(mb_stats)
         if ok and self.hparams.max_grad_norm is not None:
             self.clip_gradients(
@@ -333,6 +405,11 @@ class OnlineRLModule(RLHFModule):
             sched.step()
         opt.zero_grad(set_to_none=True)
         return stats
+
+    def minibatch_weights(self, exp: Experience, group: list[torch.Tensor]) -> list[float]:
+        """The weight of each minibatch loss of one optimiser step: its share of the rows."""
+        total = sum(len(rows) for rows in group)
+        return [len(rows) / total for rows in group]
 
     # --- validation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -26,7 +26,8 @@ class P3O(OnlineRLModule):
 
     Args:
         variant: "v1" (separate clipping) or "v2" (joint clipping).
-        clip_eps: ratio clip range; weight_cap: importance-weight cap C.
+        clip_eps: ratio clip range (symmetric only: ``clip_low`` and ``clip_high`` must agree);
+            weight_cap: importance-weight cap C.
         kl_beta: the sequence-KL coefficient folded into the rewards.
         ppo_epochs, reward_clip, normalize_reward: the paper's 4 epochs, +-10, running std.
         The rest: see :class:`OnlineRLModule` (``samples_per_prompt`` must stay 2).
@@ -57,6 +58,9 @@ class P3O(OnlineRLModule):
             normalize_reward=normalize_reward,
             **kwargs,
         )
+        if self.clip_range[0] != self.clip_range[1]:
+            raise ValueError(f"P3O: its objective clips symmetrically; got clip_low, clip_high = "
+                             f"{self.clip_range}")  # fmt: skip
 
     def compute_advantages(self, exp: Experience, timings: dict[str, float]) -> None:
         """Nothing to precompute: the pair's reward gap is formed inside the loss (it holds the
@@ -65,14 +69,14 @@ class P3O(OnlineRLModule):
     def loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``p3o_loss`` on the (M/2, 2) pairs of the minibatch."""
         hp = self.hparams
-        logps = masked_sum(self.logprobs(self.policy, mb), mb.mask).view(-1, 2)  # (G, 2)
+        logps = masked_sum(self.policy_logprobs(mb), mb.mask).view(-1, 2)  # (G, 2)
         old = masked_sum(mb.old_logprobs, mb.mask).view(-1, 2)
         ref = masked_sum(mb.ref_logprobs, mb.mask).view(-1, 2)
         rewards = mb.scores.view(-1, 2)
         loss, stats = p3o_loss(
             logps[:, 0], old[:, 0], ref[:, 0], logps[:, 1], old[:, 1], ref[:, 1],
             rewards[:, 0], rewards[:, 1],
-            variant=hp.variant, clip_eps=hp.clip_eps, kl_beta=self.kl_beta,
+            variant=hp.variant, clip_eps=self.clip_range[0], kl_beta=self.kl_beta,
             weight_cap=hp.weight_cap,
         )  # fmt: skip
         return loss, {"loss": loss.detach(), **stats}

@@ -32,7 +32,7 @@ class PPO(OnlineRLModule):
         critic_lr: the critic's learning rate (None: ``lr``).
         vf_coef: weight of the value loss.
         value_clip: value-loss clip range around the rollout-time values (None: unclipped).
-        clip_eps: policy ratio clip range.
+        clip_eps: policy ratio clip range (``clip_low`` / ``clip_high`` make it asymmetric).
         gamma, lam: GAE discount and lambda.
         whiten_advantages: normalise advantages over each rollout batch (PPO's usual option).
         kl_kind: per-token KL estimator in the reward ("k1" as in Ziegler et al.).
@@ -110,10 +110,10 @@ class PPO(OnlineRLModule):
     def loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate + vf_coef * clipped value loss."""
         hp = self.hparams
-        logprobs = self.logprobs(self.policy, mb)  # (M, T)
+        logprobs = self.policy_logprobs(mb)  # (M, T)
         pg_loss, pg = policy_loss(
             logprobs, mb.old_logprobs, mb.advantages, mb.mask,
-            clip_low=hp.clip_eps, clip_high=hp.clip_eps,
+            clip_low=self.clip_range[0], clip_high=self.clip_range[1],
             ratio_level=self.ratio_level, segment_ids=mb.segment_ids,
         )  # fmt: skip
         values = self.critic.response_values(mb.input_ids, mb.attention_mask, mb.prompt_length)

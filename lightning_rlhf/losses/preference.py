@@ -1,11 +1,13 @@
 """Offline preference losses (losses/README.md §3): DPO (Rafailov et al. 2023) with its
-reference-free, conservative (cDPO, label smoothing) and IPO (Azar et al. 2023) forms, and PRO,
+reference-free, conservative (cDPO, label smoothing), robust (Chowdhury et al. 2024), hinge
+(SLiC-HF), IPO (Azar et al. 2023) and SimPO (Meng et al. 2024) forms and an RPO SFT term, and PRO,
 preference ranking optimisation over ranked lists (Song et al. 2023, "Preference Ranking
 Optimization for Human Alignment")."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,45 +17,102 @@ Stats = dict[str, torch.Tensor]
 # --- DPO ----------------------------------------------------------------------------------------
 
 
-def _dpo_sigmoid(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
-    """(1 - ls) * -log sigmoid(beta h) + ls * -log sigmoid(-beta h): (B,) (cDPO when ls > 0)."""
-    z = beta * h
-    return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+@dataclass(frozen=True)
+class DPOParams:
+    """The scalars a DPO variant may use: beta, the label-noise rate eps, SimPO's margin gamma."""
+
+    beta: float
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.0
 
 
-def _dpo_ipo(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
-    """IPO: (h - 1 / (2 beta))^2: (B,). Label smoothing does not apply (checked by the caller)."""
-    return (h - 1.0 / (2.0 * beta)) ** 2
+def _dpo_sigmoid(h: torch.Tensor, p: DPOParams) -> torch.Tensor:
+    """DPO / cDPO: (1 - eps) * -log sig(beta h) + eps * -log sig(-beta h): (B,)."""
+    z = p.beta * h
+    eps = p.label_smoothing
+    return -(1.0 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
 
-DPO_LOSSES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
-    "sigmoid": _dpo_sigmoid,
-    "ipo": _dpo_ipo,
+def _dpo_robust(h: torch.Tensor, p: DPOParams) -> torch.Tensor:
+    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"), unbiased under label flips at
+    rate eps: ((1 - eps) * -log sig(beta h) - eps * -log sig(-beta h)) / (1 - 2 eps): (B,)."""
+    z = p.beta * h
+    eps = p.label_smoothing
+    return (-(1.0 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1.0 - 2.0 * eps)
+
+
+def _dpo_hinge(h: torch.Tensor, p: DPOParams) -> torch.Tensor:
+    """SLiC-HF's calibration hinge (Zhao et al. 2023) on the reference-normalised margin, as RSO
+    (Liu et al. 2024) and TRL's "hinge": max(0, 1 - beta h) = beta max(0, 1/beta - h): (B,)."""
+    return torch.relu(1.0 - p.beta * h)
+
+
+def _dpo_ipo(h: torch.Tensor, p: DPOParams) -> torch.Tensor:
+    """IPO (Azar et al. 2023, eq. 17): (h - 1 / (2 beta))^2: (B,)."""
+    return (h - 1.0 / (2.0 * p.beta)) ** 2
+
+
+def _dpo_simpo(h: torch.Tensor, p: DPOParams) -> torch.Tensor:
+    """SimPO (Meng et al. 2024) on length-averaged, reference-free h:
+    (1 - eps) * -log sig(beta h - gamma) + eps * -log sig(-(beta h - gamma)): (B,)."""
+    z = p.beta * h - p.simpo_gamma
+    eps = p.label_smoothing
+    return -(1.0 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+@dataclass(frozen=True)
+class DPOVariant:
+    """One DPO loss: its per-pair function, whether it uses a reference, whether it always
+    length-averages the log-likelihoods, whether label smoothing applies."""
+
+    fn: Callable[[torch.Tensor, DPOParams], torch.Tensor]
+    reference: bool = True
+    averaged: bool = False
+    smoothing: bool = False
+
+
+DPO_LOSSES: dict[str, DPOVariant] = {
+    "sigmoid": DPOVariant(_dpo_sigmoid, smoothing=True),
+    "robust": DPOVariant(_dpo_robust, smoothing=True),
+    "hinge": DPOVariant(_dpo_hinge),
+    "ipo": DPOVariant(_dpo_ipo),
+    "simpo": DPOVariant(_dpo_simpo, reference=False, averaged=True, smoothing=True),
 }
 
 
-def _check_dpo(logps: tuple, beta: float, reference_free: bool, ls: float, loss_type: str):
-    """One-line ValueErrors for bad DPO arguments; ``logps`` = (chosen, rejected, ref_c, ref_r)."""
+def _check_dpo(logps: tuple, lengths: tuple, p: DPOParams, reference_free: bool, loss_type: str,
+               needs_lengths: bool) -> None:  # fmt: skip
+    """One-line ValueErrors for bad DPO arguments; ``logps`` = (chosen, rejected, ref_c, ref_r),
+    ``lengths`` = (chosen, rejected) token counts."""
     if loss_type not in DPO_LOSSES:
         raise ValueError(
             f"dpo_loss: unknown loss_type {loss_type!r}; choose from {list(DPO_LOSSES)}"
         )
-    if beta <= 0:
-        raise ValueError(f"dpo_loss: beta must be > 0, got {beta}")
+    variant, ls = DPO_LOSSES[loss_type], p.label_smoothing
+    if p.beta <= 0:
+        raise ValueError(f"dpo_loss: beta must be > 0, got {p.beta}")
     if not 0.0 <= ls < 0.5:
         raise ValueError(f"dpo_loss: label_smoothing must be in [0, 0.5), got {ls}")
-    if ls > 0 and loss_type == "ipo":
-        raise ValueError("dpo_loss: label_smoothing applies to loss_type='sigmoid' only, not 'ipo'")
+    if ls > 0 and not variant.smoothing:
+        smoothing = [name for name, v in DPO_LOSSES.items() if v.smoothing]
+        raise ValueError(f"dpo_loss: label_smoothing applies to loss_type in {smoothing}, "
+                         f"not {loss_type!r}")  # fmt: skip
     names = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
     shape = logps[0].shape
-    for name, t in zip(names, logps):
+    uses_ref = variant.reference and not reference_free
+    for name, t in zip(names + ("chosen_lengths", "rejected_lengths"), logps + lengths):
         if t is None:
-            if not reference_free:
+            if name.startswith("ref_") and uses_ref:
                 raise ValueError(f"dpo_loss: {name} is None; pass it or set reference_free=True")
+            if name.endswith("_lengths") and needs_lengths:
+                raise ValueError(f"dpo_loss: {name} is None; loss_type={loss_type!r}, "
+                                 "length_average or sft_weight need the token counts")  # fmt: skip
         elif t.dim() != 1 or t.shape != shape:
             raise ValueError(
                 f"dpo_loss: {name} must be (B,) = {tuple(shape)}, got {tuple(t.shape)}"
             )
+    if needs_lengths and any(bool((t <= 0).any()) for t in lengths):
+        raise ValueError("dpo_loss: chosen_lengths and rejected_lengths must be > 0")
 
 
 def dpo_loss(
@@ -66,38 +125,67 @@ def dpo_loss(
     reference_free: bool = False,
     label_smoothing: float = 0.0,
     loss_type: str = "sigmoid",
+    simpo_gamma: float = 0.5,
+    length_average: bool = False,
+    sft_weight: float = 0.0,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
-    """DPO loss, mean over pairs. h = (l_theta(y_w) - l_ref(y_w)) - (l_theta(y_l) - l_ref(y_l)).
+    """DPO and its variants, mean over pairs, on h = (l(y_w) - l_ref(y_w)) - (l(y_l) - l_ref(y_l)).
 
-    "sigmoid": -log sigmoid(beta h); with label_smoothing ls (cDPO, Mitchell 2023)
-    (1 - ls) * -log sigmoid(beta h) + ls * -log sigmoid(-beta h). "ipo": (h - 1/(2 beta))^2 on
-    the same h (the IPO paper's sums; pass length-normalised log-probs for TRL's averaged form).
-    reference_free drops the l_ref terms (the ref arguments may then be None).
+    With z = beta h and eps = ``label_smoothing``, per pair (``loss_type``):
+
+    - "sigmoid" (DPO, Rafailov et al. 2023; cDPO when eps > 0):
+      (1 - eps) * -log sig(z) + eps * -log sig(-z)
+    - "robust" (Chowdhury et al. 2024): ((1 - eps) * -log sig(z) - eps * -log sig(-z)) / (1 - 2 eps)
+    - "hinge" (SLiC-HF, Zhao et al. 2023, margin 1 / beta): max(0, 1 - z)
+    - "ipo" (Azar et al. 2023, eq. 17): (h - 1 / (2 beta))^2
+    - "simpo" (Meng et al. 2024): h = l(y_w) / |y_w| - l(y_l) / |y_l| (no reference),
+      (1 - eps) * -log sig(z - gamma) + eps * -log sig(-(z - gamma)), gamma = ``simpo_gamma``.
+
+    ``length_average`` divides every l (policy and reference) by its token count first (TRL's
+    "ipo" does this; the IPO paper uses sums). ``reference_free`` drops the l_ref terms.
+    ``sft_weight`` alpha adds RPO's NLL of the chosen responses (Pang et al. 2024), averaged over
+    all chosen tokens of the batch as TRL's ``rpo_alpha``: alpha * -sum_b l(y_w) / sum_b |y_w|.
 
     Args:
         chosen_logps, rejected_logps: (B,) l_theta(y|x) = masked sums of response log-probs.
-        ref_chosen_logps, ref_rejected_logps: (B,) the same under pi_ref (detached here).
+        ref_chosen_logps, ref_rejected_logps: (B,) the same under pi_ref (detached here); may be
+            None when reference_free or loss_type="simpo".
         beta: inverse temperature of the implicit reward beta * (l_theta - l_ref).
+        chosen_lengths, rejected_lengths: (B,) response token counts, needed by "simpo",
+            length_average and sft_weight.
     Returns:
         loss: scalar; stats (detached): ``loss``, ``accuracy`` (fraction with h > 0), ``margin``
         (mean beta h), ``chosen_reward`` / ``rejected_reward`` (mean implicit rewards
-        beta (l_theta - l_ref), or beta l_theta when reference_free).
+        beta (l_theta - l_ref), or beta l_theta without a reference), and ``sft_loss`` (the
+        unweighted NLL) when sft_weight > 0.
     """
+    p = DPOParams(float(beta), float(label_smoothing), float(simpo_gamma))
+    variant = DPO_LOSSES.get(loss_type)
+    average = length_average or (variant is not None and variant.averaged)
     logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    _check_dpo(logps, beta, reference_free, label_smoothing, loss_type)
+    lengths = (chosen_lengths, rejected_lengths)
+    _check_dpo(logps, lengths, p, reference_free, loss_type, average or sft_weight > 0)
     chosen_ratio, rejected_ratio = chosen_logps.float(), rejected_logps.float()  # (B,)
-    if not reference_free:
+    if variant.reference and not reference_free:
         chosen_ratio = chosen_ratio - ref_chosen_logps.detach().float()
         rejected_ratio = rejected_ratio - ref_rejected_logps.detach().float()
+    if average:
+        chosen_ratio = chosen_ratio / chosen_lengths.float()
+        rejected_ratio = rejected_ratio / rejected_lengths.float()
     h = chosen_ratio - rejected_ratio  # (B,)
-    loss = DPO_LOSSES[loss_type](h, float(beta), float(label_smoothing)).mean()
+    loss = variant.fn(h, p).mean()
     stats = {
-        "loss": loss,
         "accuracy": (h > 0).float().mean(),
         "margin": beta * h.mean(),
         "chosen_reward": beta * chosen_ratio.mean(),
         "rejected_reward": beta * rejected_ratio.mean(),
     }
+    if sft_weight > 0:
+        stats["sft_loss"] = -chosen_logps.float().sum() / chosen_lengths.float().sum()
+        loss = loss + sft_weight * stats["sft_loss"]
+    stats["loss"] = loss
     return loss, {k: v.detach() for k, v in stats.items()}
 
 

@@ -30,6 +30,8 @@ class Experience:
         advantages: (N, T) token advantages or (N,) sequence advantages.
         returns, values: (N, T) GAE returns and rollout-time values (critic algorithms).
         segment_ids: (N, T) macro-action ids (MA-PPO; PPO uses one token per segment).
+        live_logprobs, live_entropy: (N, T) the rollout's policy log-probs and entropy with
+            their autograd graph, kept by the on-policy shortcut for the update to reuse.
     """
 
     input_ids: torch.Tensor
@@ -45,6 +47,8 @@ class Experience:
     returns: torch.Tensor | None = None
     values: torch.Tensor | None = None
     segment_ids: torch.Tensor | None = None
+    live_logprobs: torch.Tensor | None = None
+    live_entropy: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     @property

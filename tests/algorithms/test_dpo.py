@@ -1,11 +1,14 @@
-"""DPO end to end through the CLI (fit, resume, every weight changed), identical pairs skipped."""
+"""DPO end to end through the CLI (fit, resume, every weight changed, the loss variants),
+the module's options reaching dpo_loss, identical pairs skipped."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lightning_rlhf.algorithms.dpo import distinct_pairs
+from lightning_rlhf.algorithms.dpo import DPO, distinct_pairs, sequence_logps
+from lightning_rlhf.losses.preference import dpo_loss
+from lightning_rlhf.models import ModelConfig
 from tests.algorithms.e2e import run_fit
 
 CONFIG = "dpo/arithmetic.yaml"
@@ -32,12 +35,54 @@ def test_dpo_fits_and_resumes(tmp_path, sft_export):
 
 
 @pytest.mark.parametrize(
-    "extra", [("--model.init_args.reference_free", "true"), ("--model.init_args.loss_type", "ipo")]
+    "extra",
+    [
+        ("--model.init_args.reference_free", "true"),
+        ("--model.init_args.loss_type", "ipo", "--model.init_args.length_average", "true"),
+        ("--model.init_args.loss_type", "simpo", "--model.init_args.sft_weight", "0.5"),
+    ],
 )
 def test_dpo_options_train(tmp_path, sft_export, extra):
     cli, snap = run_fit(CONFIG, tmp_path, *_policy(sft_export), *extra, steps=2)
     assert snap.unchanged(cli.model) == []
-    assert (cli.model.reference is None) == (extra[1] == "true")
+    assert (cli.model.reference is None) == (extra[1] in ("true", "simpo"))
+    assert ("train/sft_loss" in cli.trainer.callback_metrics) == ("0.5" in extra)
+
+
+OPTIONS = [
+    {"loss_type": "robust", "label_smoothing": 0.1, "sft_weight": 0.3},
+    {"loss_type": "ipo", "length_average": True},
+    {"loss_type": "simpo", "simpo_gamma": 0.4, "beta": 2.0},
+    {"loss_type": "hinge"},
+]
+
+
+def test_dpo_module_passes_its_options_and_token_counts(tmp_path, sft_export):
+    """The module's loss is dpo_loss on its summed log-likelihoods, with the options and each
+    response's token count (the response mask's ones: the prompt is never empty)."""
+    cli, _ = run_fit(CONFIG, tmp_path, *_policy(sft_export), steps=1)
+    module = cli.model
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    with torch.no_grad():
+        logps = sequence_logps(module.policy, batch)
+        ref = sequence_logps(module.reference, batch)
+    lengths = batch["response_mask"].sum(-1)  # (B, 2)
+    assert (lengths > 0).all() and not (lengths[:, 0] == lengths[:, 1]).all()
+    for options in OPTIONS:
+        module.hparams.update(options)
+        loss, stats = module.compute_loss(batch)
+        expected, _ = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1],
+                               chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1],
+                               **options)  # fmt: skip
+        torch.testing.assert_close(loss.detach(), expected)
+        assert ("sft_loss" in stats) == ("sft_weight" in options)
+        module.hparams.update(sft_weight=0.0, length_average=False, beta=0.1,
+                              label_smoothing=0.0)  # fmt: skip
+
+
+def test_dpo_refuses_an_unknown_loss_type(sft_export):
+    with pytest.raises(ValueError, match="DPO: unknown loss_type 'kto'"):
+        DPO(ModelConfig(name_or_path=str(sft_export)), loss_type="kto")
 
 
 def test_identical_pairs_are_skipped_and_counted(tmp_path, sft_export):

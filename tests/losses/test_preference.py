@@ -1,4 +1,5 @@
-"""lightning_rlhf.losses.preference: DPO (sigmoid, cDPO, IPO, reference-free) and PRO on
+"""lightning_rlhf.losses.preference: DPO (sigmoid, cDPO, robust, hinge, IPO summed and
+length-averaged, SimPO, RPO's SFT term, reference-free) and PRO on
 hand-worked numbers (values and gradients derived in the comments), ties, absent candidates,
 ordering preference, errors."""
 
@@ -103,16 +104,116 @@ def test_dpo_reference_free_worked_pair():
 
 def test_dpo_errors():
     c, r, rc, rr = _pairs()
-    with pytest.raises(ValueError, match="unknown loss_type 'hinge'"):
-        dpo_loss(c, r, rc, rr, loss_type="hinge")
+    with pytest.raises(ValueError, match="unknown loss_type 'kto'"):
+        dpo_loss(c, r, rc, rr, loss_type="kto")
     with pytest.raises(ValueError, match="ref_chosen_logps is None"):
         dpo_loss(c, r, None, rr)
-    with pytest.raises(ValueError, match="label_smoothing applies to loss_type='sigmoid'"):
-        dpo_loss(c, r, rc, rr, loss_type="ipo", label_smoothing=0.1)
+    for loss_type in ("ipo", "hinge"):
+        with pytest.raises(ValueError, match=f"label_smoothing applies to .* not '{loss_type}'"):
+            dpo_loss(c, r, rc, rr, loss_type=loss_type, label_smoothing=0.1)
+    with pytest.raises(ValueError, match="chosen_lengths is None; loss_type='simpo'"):
+        dpo_loss(c, r, None, None, loss_type="simpo")
+    with pytest.raises(ValueError, match="rejected_lengths is None"):
+        dpo_loss(c, r, rc, rr, sft_weight=1.0, chosen_lengths=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="lengths must be > 0"):
+        dpo_loss(c, r, rc, rr, length_average=True, chosen_lengths=torch.tensor([1, 0]),
+                 rejected_lengths=torch.tensor([1, 1]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"chosen_lengths must be \(B,\)"):
+        dpo_loss(c, r, rc, rr, length_average=True, chosen_lengths=torch.tensor([1]),
+                 rejected_lengths=torch.tensor([1, 1]))  # fmt: skip
     with pytest.raises(ValueError, match=r"rejected_logps must be \(B,\)"):
         dpo_loss(c, r[:1], rc, rr)
     with pytest.raises(ValueError, match="beta must be > 0"):
         dpo_loss(c, r, rc, rr, beta=0.0)
+
+
+# Token counts for the length-normalised variants: |y_w| = [4, 2], |y_l| = [2, 5].
+LENGTHS = {"chosen_lengths": torch.tensor([4, 2]), "rejected_lengths": torch.tensor([2, 5])}
+
+
+def test_robust_dpo_worked_pair():
+    # ((1 - eps) * -log sig(z) - eps * -log sig(-z)) / (1 - 2 eps), eps = 0.1, z = beta h:
+    #   pair 0: (0.9 * 0.620957 - 0.1 * 0.770957) / 0.8 = 0.602207
+    #   pair 1: (0.9 * 0.744397 - 0.1 * 0.644397) / 0.8 = 0.756897; mean 0.679552
+    # d/dz = (-(1 - eps)(1 - sig(z)) - eps sig(z)) / (1 - 2 eps) = sig(z) - (1 - eps) / (1 - 2 eps)
+    #   = sig(z) - 1.125 -> d/d l_theta(y_w) = 0.05 * (sig(z) - 1.125) = [-0.0293785, -0.0324990]
+    loss, g_c, g_r, _ = _value_and_grads(beta=0.1, label_smoothing=0.1, loss_type="robust")
+    assert loss == pytest.approx(0.679552, abs=1e-6)
+    assert g_c == pytest.approx([0.05 * (_sig(0.1 * h) - 1.125) for h in H], abs=1e-7)
+    assert g_c == pytest.approx([-0.0293785, -0.0324990], abs=1e-7)
+    assert g_r == pytest.approx([0.0293785, 0.0324990], abs=1e-7)
+    # eps = 0 is plain DPO
+    assert _value_and_grads(beta=0.1, loss_type="robust")[0] == pytest.approx(0.682677, abs=1e-6)
+
+
+def test_robust_dpo_is_unbiased_under_label_flips():
+    """The defining property (Chowdhury et al. 2024): averaged over a flip of the pair's label
+    with probability eps, the robust loss equals the clean DPO loss, for any h."""
+    h = torch.tensor([1.5, -1.0, 7.0, 0.0])
+    eps, beta = 0.2, 0.5
+    zero = torch.zeros(1)
+    for x in h.split(1):  # one pair at a time; -x is the same pair with the labels swapped
+        options = dict(beta=beta, loss_type="robust", label_smoothing=eps)
+        robust, _ = dpo_loss(x, zero, zero, zero, **options)
+        flip, _ = dpo_loss(-x, zero, zero, zero, **options)
+        expected = (1 - eps) * robust.item() + eps * flip.item()
+        assert expected == pytest.approx(_softplus(-beta * x.item()), abs=1e-6)
+
+
+def test_hinge_worked_pair():
+    # max(0, 1 - beta h): beta = 0.1 -> [0.85, 1.1], mean 0.975, both active: d/d l_w = -beta / B
+    loss, g_c, g_r, _ = _value_and_grads(beta=0.1, loss_type="hinge")
+    assert loss == pytest.approx(0.975, abs=1e-6)
+    assert g_c == pytest.approx([-0.05, -0.05]) and g_r == pytest.approx([0.05, 0.05])
+    # beta = 1: pair 0 past the margin (1 - 1.5 < 0: no loss, no gradient), pair 1: 1 + 1 = 2
+    loss, g_c, _, _ = _value_and_grads(beta=1.0, loss_type="hinge")
+    assert loss == pytest.approx(1.0) and g_c == pytest.approx([0.0, -0.5])
+
+
+def test_ipo_length_averaged_worked_pair():
+    # TRL's IPO divides each l by its token count: ratios chosen [1/4, 0/2], rejected
+    # [-0.5/2, 1/5] -> h = [0.5, -0.2]; (h - 5)^2 = [20.25, 27.04], mean 23.645.
+    # d/d l_theta(y_w) = 2 (h - 5) / B / |y_w| = [-1.125, -2.6];
+    # d/d l_theta(y_l) = -2 (h - 5) / B / |y_l| = [2.25, 1.04]
+    loss, g_c, g_r, stats = _value_and_grads(beta=0.1, loss_type="ipo", length_average=True,
+                                             **LENGTHS)  # fmt: skip
+    assert loss == pytest.approx(23.645, abs=1e-4)
+    assert g_c == pytest.approx([-1.125, -2.6], abs=1e-5)
+    assert g_r == pytest.approx([2.25, 1.04], abs=1e-5)
+    assert stats["margin"].item() == pytest.approx(0.1 * 0.15)  # beta * mean h
+    # the paper's sums are the default: lengths are then ignored
+    summed = _value_and_grads(beta=0.1, loss_type="ipo", **LENGTHS)[0]
+    assert summed == pytest.approx(24.125, abs=1e-5)
+
+
+def test_simpo_worked_pair():
+    # h = l_w / |y_w| - l_l / |y_l| = [-10/4 + 12/2, -8/2 + 7/5] = [3.5, -2.6], no reference;
+    # beta = 1, gamma = 0.5: -log sig(h - 0.5) = softplus(-3.0) = 0.048587,
+    # softplus(3.1) = 3.144064; mean 1.596326.
+    # d/d l_w = -beta (1 - sig(h - gamma)) / B / |y_w| = [-0.00592823, -0.23922319];
+    # d/d l_l = +beta (1 - sig(h - gamma)) / B / |y_l| = [0.01185647, 0.09568927]
+    loss, g_c, g_r, stats = _value_and_grads(beta=1.0, loss_type="simpo", simpo_gamma=0.5,
+                                             **LENGTHS)  # fmt: skip
+    assert loss == pytest.approx(1.596326, abs=1e-6)
+    assert loss == pytest.approx((_softplus(-3.0) + _softplus(3.1)) / 2, abs=1e-6)
+    assert g_c == pytest.approx([-0.00592823, -0.23922319], abs=1e-7)
+    assert g_r == pytest.approx([0.01185647, 0.09568927], abs=1e-7)
+    assert stats["chosen_reward"].item() == pytest.approx(-3.25)  # beta * mean(-2.5, -4)
+    chosen, rejected, _, _ = _pairs()  # reference-free: None references are fine
+    none_ref, _ = dpo_loss(chosen, rejected, None, None, beta=1.0, loss_type="simpo", **LENGTHS)
+    assert none_ref.item() == pytest.approx(loss, abs=1e-7)
+
+
+def test_rpo_sft_weight_worked_pair():
+    # sigmoid DPO (0.682677) + alpha * NLL, NLL = -sum l(y_w) / sum |y_w| = 18 / 6 = 3;
+    # alpha = 0.5 -> 2.182677; d/d l_theta(y_w) gains -alpha / 6 = -0.0833333 per pair.
+    loss, g_c, g_r, stats = _value_and_grads(beta=0.1, sft_weight=0.5, **LENGTHS)
+    assert loss == pytest.approx(2.182677, abs=1e-6)
+    assert stats["sft_loss"].item() == pytest.approx(3.0)
+    dpo = [-0.1 * (1 - _sig(0.1 * h)) / 2 for h in H]
+    assert g_c == pytest.approx([g - 0.5 / 6 for g in dpo], abs=1e-7)
+    assert g_r == pytest.approx([-g for g in dpo], abs=1e-7)
+    assert "sft_loss" not in _value_and_grads(beta=0.1)[3]
 
 
 # --- PRO ------------------------------------------------------------------------------------------
