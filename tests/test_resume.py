@@ -189,3 +189,25 @@ def test_fresh_run_in_a_used_directory_moves_old_metrics_aside(tmp_path):
     for _ in range(2):
         run_fit("sft/arithmetic.yaml", tmp_path, *tiny_policy(), *no_callbacks, steps=2)
     assert _csv_steps(tmp_path / "metrics.prev1.csv") and _csv_steps(tmp_path / "metrics.csv")
+
+
+def test_ddp_mid_epoch_resume_continues_each_ranks_order(tmp_path):
+    """2 CPU processes (DDP, gloo), 4 batches a rank per epoch: stopped after step 3 and resumed,
+    each rank's losses at steps 4-6 equal the uninterrupted run's (the distributed sampler skips
+    the rows already seen instead of restarting the epoch)."""
+    ddp = [
+        "--model.init_args.policy", json.dumps({"config": TINY}),
+        "--model.init_args.schedule", "constant",  # the 3-step run has the 6-step run's lr
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    ]  # fmt: skip
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    resume = ("--ckpt_path", str(cut / "checkpoints" / "last.ckpt"))
+    for root, steps, extra in ((full, 6, ()), (cut, 3, ()), (cut, 6, resume)):
+        out = _fit(root, "sft/arithmetic.yaml", *ddp, *extra, steps=steps)
+        assert out.returncode == 0, out.stderr[-3000:]
+    for rank in (0, 1):
+        expected = json.loads((full / f"losses_rank{rank}.json").read_text())
+        resumed = json.loads((cut / f"losses_rank{rank}.json").read_text())
+        assert sorted(resumed) == ["4", "5", "6"], resumed
+        for step in resumed:
+            assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), (rank, step)
