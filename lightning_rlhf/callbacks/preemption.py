@@ -5,7 +5,7 @@ a finished one.
 Exit codes: 128 + the signal number (SIGTERM 143, SIGUSR1 138, SIGINT 130). A second Ctrl-C
 interrupts at once (Lightning's KeyboardInterrupt path, exit code 1) without saving a
 half-updated state. Under SLURM with Lightning's auto-requeue (``SLURMEnvironment``) Lightning's
-own handlers run first (SIGUSR1: save ``hpc_ckpt_*.ckpt`` and ``scontrol requeue``), then ours.
+SIGUSR1 handler still runs first (save ``hpc_ckpt_*.ckpt``, ``scontrol requeue``).
 """
 
 from __future__ import annotations
@@ -56,26 +56,43 @@ class Preemption(L.Callback):
                 self._previous.pop(signum, None)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        """Ask the loop to stop after the current step; a second SIGINT interrupts at once."""
+        """Ask the loop to stop after the current step; a second SIGINT interrupts at once.
+
+        SIGTERM replaces Lightning's notifier instead of chaining it: that one broadcasts inside
+        the signal handler, which under DDP can meet another rank's gradient all-reduce and hang
+        the job; here the ranks agree at the end of the step (:meth:`on_train_batch_end`).
+        Processes Lightning launched itself still get the signal forwarded."""
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt
         rank_zero_info(
             f"{signal.Signals(signum).name} received: finishing the current step, then saving "
             "a checkpoint and exiting"
         )
-        self.received = signum
+        first, self.received = self.received is None, signum
         previous = self._previous.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)  # Lightning's (SIGTERM notifier, SLURM requeue)
+        if signum == signal.SIGTERM:
+            launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+            if first and launcher is not None:
+                launcher.kill(signum)
+        elif callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)  # SIGUSR1 under SLURM: Lightning's requeue handler
         if self._trainer is not None:  # Lightning raises SIGTERMException after this step
             self._trainer._signal_connector.received_sigterm = True
 
     # --- saving -----------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
         """Save at the end of the step during which a signal arrived (where ``ModelCheckpoint``
-        saves too, so the resume point is the same as for a periodic checkpoint)."""
-        if self.received is not None or trainer.received_sigterm:
-            self._save(trainer)
+        saves too, so the resume point is the same as for a periodic checkpoint). The decision
+        is taken together (any rank signalled: every rank saves and stops at this step), since a
+        signal may reach the ranks of a job at different steps."""
+        stop = self.received is not None or trainer.received_sigterm
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        self.received = self.received or int(signal.SIGTERM)
+        trainer._signal_connector.received_sigterm = True  # every rank leaves after this step
+        self._save(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

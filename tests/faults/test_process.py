@@ -87,14 +87,14 @@ def test_sigkill_during_the_last_ckpt_rewrite_keeps_the_previous_one(tmp_path, t
     marker = tmp_path / "in_write"
     stall = {"class_path": "tests.faults.helpers.StallLastWrite",
              "init_args": {"step": 4, "marker": str(marker)}}  # fmt: skip
-    proc = _start(root, 8, [stall])
+    proc = _start(root, 6, [stall])
     _wait_for(marker, proc)
     proc.kill()
     proc.wait(timeout=60)
     last = root / "checkpoints" / "last.ckpt"
     assert _step(last) == 2, "the step-2 last.ckpt survives the interrupted rewrite"
     assert list((root / "checkpoints").glob(f"{TMP_PREFIX}last.ckpt.*")), "half-written temp"
-    _resume_to_the_end(root, 8)
+    _resume_to_the_end(root, 6)
 
 
 def test_sigkill_at_a_random_moment_then_resume(tmp_path, tmpfs):
@@ -102,14 +102,14 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, tmpfs):
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10_000))
     delay = random.Random(seed).uniform(0.0, 1.5)
     print(f"FAULT_SEED={seed}: SIGKILL {delay:.2f} s after the first checkpoint")
-    proc = _start(root, 40, [])
+    proc = _start(root, 24, [])
     _wait_for(root / "checkpoints" / "last.ckpt", proc)
     time.sleep(delay)
     proc.kill()
     proc.wait(timeout=60)
     for path in (root / "checkpoints").glob("*.ckpt"):
         assert _step(path) % 2 == 0, path  # each one complete and loadable
-    _resume_to_the_end(root, 40)
+    _resume_to_the_end(root, 24)
 
 
 def test_sigterm_saves_and_exits_143(tmp_path, tmpfs):
@@ -131,7 +131,7 @@ def test_disk_full_leaves_no_half_checkpoint_and_the_earlier_one_intact(tmp_path
     fill = {"class_path": "tests.faults.helpers.FillDisk",
             "init_args": {"step": 3, "directory": str(disk)}}  # fmt: skip
     checkpoint = _checkpoint(dirpath=str(disk / "ckpts"), filename="{step}")
-    out = _run(tmp_path / "run", 8, [checkpoint, fill])
+    out = _run(tmp_path / "run", 4, [checkpoint, fill])
     assert out.returncode == 2, out.stderr[-3000:]
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     print(lines)
@@ -141,3 +141,22 @@ def test_disk_full_leaves_no_half_checkpoint_and_the_earlier_one_intact(tmp_path
     assert names == ["last.ckpt", "step=2.ckpt"], names
     assert _step(disk / "ckpts" / "last.ckpt") == 2
     assert _step(disk / "ckpts" / "step=2.ckpt") == 2
+
+
+def test_sigterm_under_ddp_stops_every_rank_at_one_step(tmp_path):
+    """SIGTERM to the launching process of a 2-process DDP run (Lightning forwards it to the
+    other rank, which may be at another point of its step): both ranks save together and exit."""
+    root = tmp_path / "run"
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    args = _args(root, 2000, [], *ddp)
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for(root / "checkpoints" / "last.ckpt", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert 2 <= _step(root / "checkpoints" / "last.ckpt") < 2000
