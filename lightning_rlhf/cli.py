@@ -10,17 +10,30 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_rlhf.algorithms import RLHFModule
 from lightning_rlhf.algorithms.base import NonFiniteLossError
+from lightning_rlhf.callbacks.resume import check_resume_config
 from lightning_rlhf.data import RLHFDataModule
+from lightning_rlhf.io import REQUIRED_KEYS, RESUME_KEYS, resolve_checkpoint
+
+#: callbacks every run gets unless its config already lists them (see the README's Reliability)
+DEFAULT_CALLBACKS = (
+    "lightning_rlhf.callbacks.Preemption",
+    "lightning_rlhf.callbacks.RNGState",
+    "lightning_rlhf.callbacks.ResumeCheck",
+)
 
 
 class RLHFCLI(LightningCLI):
-    """LightningCLI with our base classes and defaults (seed 0, config saved with overwrite)."""
+    """LightningCLI with our base classes and defaults (seed 0, config saved with overwrite), the
+    reliability defaults (atomic checkpoint writes, preemption, RNG state, resume checks) and a
+    ``--ckpt_path`` that is checked (readable, same model/data settings), never merged."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
         super().__init__(
@@ -41,18 +54,59 @@ class RLHFCLI(LightningCLI):
         ``<default_root_dir>/checkpoints``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        _add_reliability_defaults(trainer)
         if trainer.logger not in (None, True):
             return
         root = trainer.default_root_dir or "runs/default"
         trainer.default_root_dir = root
-        trainer.logger = [_logger("CSVLogger", root)]
+        csv = _logger("lightning_rlhf.loggers.HistoryCSVLogger", root)
+        csv.init_args.append = bool(config.get("ckpt_path"))  # a resume continues metrics.csv
+        trainer.logger = [csv]
         if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-            trainer.logger.append(_logger("TensorBoardLogger", root))
+            trainer.logger.append(_logger("lightning.pytorch.loggers.TensorBoardLogger", root))
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's, which loads the checkpoint (a traceback when it is damaged)
+        and silently overrides the model config with the checkpoint's hyperparameters. Here an
+        unreadable checkpoint gets one line (an unreadable ``last*.ckpt`` falls back to the newest
+        loadable one beside it, warned), and ``before_fit`` compares the settings."""
+        self._resume: tuple | None = None
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return
+        keys = REQUIRED_KEYS + RESUME_KEYS if subcommand == "fit" else REQUIRED_KEYS
+        path, checkpoint = resolve_checkpoint(ckpt_path, warn=rank_zero_warn, required=keys)
+        self.config[subcommand].ckpt_path = str(path)
+        self._resume = (path, checkpoint)
+
+    def before_fit(self) -> None:
+        """Refuse a resume whose model/algorithm/data settings differ from the checkpoint's."""
+        if getattr(self, "_resume", None) is not None:
+            (path, checkpoint), self._resume = self._resume, None
+            check_resume_config(path, checkpoint, self.model.hparams, self.datamodule.hparams)
+            # Lightning's "dataloader is not resumable" looks for a stateful DataLoader; ours
+            # resume mid-epoch through their samplers (tests/test_resume.py), so it is wrong here
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that")
 
 
-def _logger(name: str, root: str) -> Namespace:
+def _add_reliability_defaults(trainer: Namespace) -> None:
+    """Atomic checkpoint writes (``io.AtomicCheckpointIO``) when no plug-in is configured, and
+    each of :data:`DEFAULT_CALLBACKS` the config does not list already."""
+    if trainer.plugins is None:
+        trainer.plugins = [Namespace(class_path="lightning_rlhf.io.AtomicCheckpointIO")]
+    callbacks = trainer.callbacks or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    listed = {str(getattr(c, "class_path", "")).rsplit(".", 1)[-1] for c in callbacks}
+    for class_path in DEFAULT_CALLBACKS:
+        if class_path.rsplit(".", 1)[-1] not in listed:
+            callbacks.append(Namespace(class_path=class_path, init_args=Namespace()))
+    trainer.callbacks = callbacks
+
+
+def _logger(class_path: str, root: str) -> Namespace:
     init_args = Namespace(save_dir=root, name="", version="")
-    return Namespace(class_path=f"lightning.pytorch.loggers.{name}", init_args=init_args)
+    return Namespace(class_path=class_path, init_args=init_args)
 
 
 #: errors that mean "the input is wrong" (data, config values, paths, strategy, a run that kept

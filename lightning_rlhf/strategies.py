@@ -11,6 +11,7 @@ own support with ``supported_strategies`` (and says why in ``strategy_note``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from lightning.pytorch.strategies import (
 )
 from torch import nn
 
+from lightning_rlhf.io import commit_directory, temp_directory
 from lightning_rlhf.models.loading import unwrap_peft
 
 #: strategy kinds, as named in the support table and in errors
@@ -100,6 +102,23 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self._fsdp2_data_parallel is None:  # resolved once the world size is known
             self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+    ) -> None:
+        """A distributed checkpoint folder is written by every rank into a temporary sibling
+        folder, then swapped in by rank 0 once all ranks are done (``io.commit_directory``): an
+        interrupted save never leaves a mixed or partial ``last.ckpt`` (Lightning's own save
+        bypasses the CheckpointIO plug-in here). Single files go through the plug-in."""
+        if not self._save_distributed_checkpoint or storage_options is not None:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp = Path(self.broadcast(str(temp_directory(path)) if self.global_rank == 0 else ""))
+        super().save_checkpoint(checkpoint, tmp)
+        self.barrier("fsdp2_checkpoint_written")
+        if self.global_rank == 0:
+            commit_directory(tmp, path)
+        self.barrier("fsdp2_checkpoint_committed")
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:

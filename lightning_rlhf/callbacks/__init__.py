@@ -1,6 +1,18 @@
-"""Callbacks shared by every algorithm: task evaluation, sample logging, Hugging Face export."""
+"""Callbacks shared by every algorithm: task evaluation, sample logging, Hugging Face export,
+and the reliability set the CLI adds by default (preemption, RNG state, resume checks)."""
 
 from lightning_rlhf.callbacks.export import HFExport
+from lightning_rlhf.callbacks.preemption import Preemption
+from lightning_rlhf.callbacks.resume import ResumeCheck
+from lightning_rlhf.callbacks.rng_state import RNGState
 from lightning_rlhf.callbacks.task_eval import SampleLogger, TaskEval, evaluate_policy
 
-__all__ = ["HFExport", "SampleLogger", "TaskEval", "evaluate_policy"]
+__all__ = [
+    "HFExport",
+    "Preemption",
+    "RNGState",
+    "ResumeCheck",
+    "SampleLogger",
+    "TaskEval",
+    "evaluate_policy",
+]

@@ -17,7 +17,7 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from lightning_rlhf.data.collate import RLHFCollator, tokenize_dataset
 from lightning_rlhf.data.formats import (
@@ -59,6 +59,24 @@ class EpochSeededSampler(RandomSampler):
         order = torch.randperm(len(self.data_source), generator=generator).tolist()
         skip = self.resume_offset() if self.resume_offset is not None else 0
         self.resume_offset = None  # later epochs start at their beginning
+        return iter(order[skip:])
+
+
+class EpochSeededDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` (permutation from ``seed + epoch``, this rank's every
+    ``num_replicas``-th row) that, like :class:`EpochSeededSampler`, skips the rows this rank
+    already trained on after a mid-epoch resume (Lightning's own would restart the epoch)."""
+
+    def __init__(
+        self, dataset: Any, seed: int, resume_offset: Callable[[], int], **replicas: Any
+    ) -> None:
+        super().__init__(dataset, shuffle=True, seed=seed, **replicas)  # num_replicas, rank
+        self.resume_offset: Callable[[], int] | None = resume_offset
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())
+        skip = self.resume_offset() if self.resume_offset is not None else 0
+        self.resume_offset = None
         return iter(order[skip:])
 
 
@@ -277,11 +295,15 @@ class RLHFDataModule(LightningDataModule):
         """Training batches: shuffled by ``seed + epoch``, or drawn by ``sample_weights``."""
         ds = self._require(self.train_dataset, "train")
         resume = self._rows_done_this_epoch
-        if self.sample_weights is None:
-            return self._loader(ds, self.batch_size, EpochSeededSampler(ds, self.seed, resume))
-        sampler = self._weighted_sampler(resume)
-        if self._saved_sampler is not None:
-            sampler.check_resumable(self._saved_sampler)
+        if self.sample_weights is not None:
+            sampler = self._weighted_sampler(resume)
+            if self._saved_sampler is not None:
+                sampler.check_resumable(self._saved_sampler)
+            return self._loader(ds, self.batch_size, sampler)
+        sampler = EpochSeededSampler(ds, self.seed, resume_offset=resume)
+        replicas = self.trainer.distributed_sampler_kwargs if self.trainer else None
+        if replicas and replicas.get("num_replicas", 1) > 1:  # resumable under DDP / FSDP2 too
+            sampler = EpochSeededDistributedSampler(ds, self.seed, resume, **replicas)
         return self._loader(ds, self.batch_size, sampler)
 
     def _weighted_sampler(self, resume: Callable[[], int] | None) -> PrioritySampler:

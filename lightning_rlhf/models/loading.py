@@ -22,6 +22,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lightning_rlhf.io import atomic_directory
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -179,25 +181,16 @@ def export_pretrained(
     """Write ``model`` and ``tokenizer`` with ``save_pretrained``; ``transformers`` loads them back.
 
     A LoRA model is merged into its base first when ``merge_lora`` (else the adapter alone is
-    saved, loadable with ``peft``). The directory is written to a temporary sibling and renamed,
-    so a crash never leaves a half-written export behind. ``state_dict`` replaces the model's own
-    (the full weights gathered from FSDP2 shards, see ``lightning_rlhf.strategies``).
+    saved, loadable with ``peft``). The directory is written to a temporary sibling and swapped
+    in only once complete (``lightning_rlhf.io.atomic_directory``), so a crash never leaves a
+    half-written export behind and the previous export stays until then. ``state_dict``
+    replaces the model's own (the full weights gathered from FSDP2 shards, see
+    ``lightning_rlhf.strategies``).
     """
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        _rmtree(tmp)
     if merge_lora and hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    if directory.exists():
-        _rmtree(directory)
-    tmp.rename(directory)
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
     return directory
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)

@@ -4,12 +4,13 @@ destination; a cache that cannot be read, or was made for other inputs, is rebui
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_rlhf.io import atomic_save
 
 
 def load_cache(path: Path, rewards: torch.Tensor, key: dict) -> dict | None:
@@ -38,15 +39,7 @@ def load_cache(path: Path, rewards: torch.Tensor, key: dict) -> dict | None:
 
 
 def save_cache(path: Path, cache: dict[str, Any]) -> None:
-    """Write ``cache`` to ``path`` atomically: a temporary file in the same directory, flushed
-    and fsynced, then renamed over the old one (which stays intact until then)."""
+    """Write ``cache`` to ``path`` atomically (``io.atomic_save``: a temporary file in the same
+    directory, fsynced, renamed over the old one, which stays intact until then)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(cache, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save(cache, path)

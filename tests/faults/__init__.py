@@ -1,0 +1,1 @@
+"""Fault-injection tests: interrupted writes, corrupt checkpoints, signals, kills, full disks."""
