@@ -89,9 +89,7 @@ class DPO(RLHFModule):
         if skipped:
             self.skipped_pairs += skipped
             batch = {k: v[keep] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            if not keep.any():
-                if self.training:
-                    self.log("train/skipped_pairs", float(self.skipped_pairs))
+            if not keep.any():  # the count shows in the next batch's stats (it is cumulative)
                 return None
         hp = self.hparams
         logps = sequence_logps(self.policy, batch)  # (B, 2)
