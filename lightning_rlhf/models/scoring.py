@@ -104,8 +104,9 @@ def _fused_logprobs(base: nn.Module, fused: _FusedHead, hidden, targets, **kw):
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off for the duration (each module's own mode is restored after), no graph."""
+def eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off) and no graph for the duration; each module's own mode (train or
+    eval) is restored afterwards, so probing a training model changes nothing."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -134,7 +135,7 @@ def _probe(model: nn.Module, base: nn.Module, device: torch.device) -> _FusedHea
         fused = _FusedHead(scale, cap)
         ids = ((torch.arange(_PROBE_TOKENS, device=device) * 7919 + 3) % vocab)[None]  # (1, P)
         mask, pos = torch.ones_like(ids), torch.arange(_PROBE_TOKENS, device=device)[None]
-        with _eval_mode(model):
+        with eval_no_grad(model):
             hidden = _decoder_hidden(base, ids, mask, pos)[0, :-1]  # (P-1, H)
             got = _fused_logprobs(base, fused, hidden, ids[0, 1:], return_entropy=True)
             logits = _model_logits(model, ids, mask, pos)[0, :-1]  # (P-1, V)
