@@ -259,10 +259,13 @@ class LinearLogprobsFunction(torch.autograd.Function):
     """Autograd for ``linear_logprobs``: chunks of tokens, logits recomputed in backward.
 
     Saves hidden, weight, bias and the per-token lse (+ entropy); peak extra memory is a few
-    (chunk, V) buffers. grad_weight / grad_bias accumulate in fp32 across chunks.
+    (chunk, V) buffers. grad_weight / grad_bias accumulate in fp32 across chunks. Under CUDA
+    autocast (bf16-mixed training) backward runs in the forward's autocast state, so the logits it
+    recomputes are rounded as those the saved lse came from.
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, hidden, weight, bias, targets, tf, ignore_index, return_entropy, backend,
                 chunk_size):
         N = hidden.shape[0]
@@ -280,6 +283,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
         return (logp, ent) if return_entropy else logp
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_lp, g_ent=None):
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
         tf, ignore_index, backend, chunk_size = ctx.cfg
