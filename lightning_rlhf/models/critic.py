@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from lightning_rlhf.models.loading import ModelConfig, load_causal_lm, load_reward_model
-from lightning_rlhf.models.scoring import eval_no_grad, position_ids_from_mask
+from lightning_rlhf.models.scoring import _unwrap, eval_no_grad, position_ids_from_mask
 
 
 def _backbone(model: nn.Module) -> nn.Module:
     """The transformer body of a HF model (``model.model`` for Llama), unwrapping peft."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrap(model)
     body = getattr(base, base.base_model_prefix, None)
     if body is None:
         raise ValueError(

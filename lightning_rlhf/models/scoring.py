@@ -79,9 +79,23 @@ def head_transform(config: Any) -> tuple[float | None, float | None]:
     return (None if scale == 1.0 else scale), (caps[0] if caps else None)
 
 
-def _decoder_hidden(base: nn.Module, input_ids, attention_mask, position_ids) -> torch.Tensor:
-    """(B, L, H) last hidden states of the decoder under the lm_head (no logits)."""
-    out = base.get_decoder()(
+def decoder_hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Last hidden states of a causal LM's decoder, the input of its lm_head (no logits).
+
+    Args:
+        model: an HF causal LM or a peft wrapper (adapters stay active).
+        input_ids, attention_mask: (B, L); position_ids: (B, L), default from the mask.
+    Returns:
+        (B, L, H) with H the lm_head's input width (e.g. OPT's ``word_embed_proj_dim``).
+    """
+    if position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)
+    out = _unwrap(model).get_decoder()(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
     )
     return out.last_hidden_state
@@ -136,7 +150,7 @@ def _probe(model: nn.Module, base: nn.Module, device: torch.device) -> _FusedHea
         ids = ((torch.arange(_PROBE_TOKENS, device=device) * 7919 + 3) % vocab)[None]  # (1, P)
         mask, pos = torch.ones_like(ids), torch.arange(_PROBE_TOKENS, device=device)[None]
         with eval_no_grad(model):
-            hidden = _decoder_hidden(base, ids, mask, pos)[0, :-1]  # (P-1, H)
+            hidden = decoder_hidden_states(model, ids, mask, pos)[0, :-1]  # (P-1, H)
             got = _fused_logprobs(base, fused, hidden, ids[0, 1:], return_entropy=True)
             logits = _model_logits(model, ids, mask, pos)[0, :-1]  # (P-1, V)
             want = kernels.sequence_logprobs(logits, ids[0, 1:], return_entropy=True)
@@ -209,7 +223,7 @@ def response_logprobs(
     fused = fused_head(model, input_ids.device)
     kw = {"temperature": temperature, "return_entropy": return_entropy}
     if fused is not None:
-        hidden = _decoder_hidden(_unwrap(model), input_ids, attention_mask, position_ids)
+        hidden = decoder_hidden_states(model, input_ids, attention_mask, position_ids)
         hidden = hidden[:, :-1][mask[:, 1:]]  # (N, H): only rows predicting response tokens
         result = _fused_logprobs(_unwrap(model), fused, hidden, input_ids[mask], **kw)
     else:
