@@ -131,29 +131,47 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _probe_tolerance(dtype: torch.dtype, logits: torch.Tensor) -> float:
-    """Largest log-prob / entropy gap two correct paths can show: a few roundings of the largest
-    logit in the model's dtype (the model's own logits are rounded to it), floored for fp32."""
-    eps = torch.finfo(dtype).eps
-    return max(1e-4, 8 * eps * (1.0 + float(logits.float().abs().max())))
+def _probe_tolerance(logits: torch.Tensor) -> float:
+    """Largest log-prob gap two correct paths can show: a few roundings of the largest finite
+    logit in the model's logits dtype (they are rounded to it), floored for fp32."""
+    finite = logits[torch.isfinite(logits)].float()
+    top = float(finite.abs().max()) if finite.numel() else 0.0
+    return max(1e-4, 8 * torch.finfo(logits.dtype).eps * (1.0 + top))
+
+
+def _gap(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| in fp32, with equal infinities counting as agreement."""
+    got, want = got.float(), want.float()
+    return float(torch.where(got == want, 0.0, (got - want).abs()).max())
+
+
+def _probe_gap(model: nn.Module, base: nn.Module, fused: _FusedHead, device) -> tuple[float, float]:
+    """(gap, tolerance) between the fused route and the model's own logits on one fixed sequence
+    of ``_PROBE_TOKENS`` tokens: target log-probs and entropies through the kernels, and the
+    whole (P-1, V) log-softmax of the head applied by hand (which also sees every other token)."""
+    head = base.get_output_embeddings()
+    vocab = min(head.weight.shape[0], base.get_input_embeddings().weight.shape[0])
+    ids = ((torch.arange(_PROBE_TOKENS, device=device) * 7919 + 3) % vocab)[None]  # (1, P)
+    mask, pos = torch.ones_like(ids), torch.arange(_PROBE_TOKENS, device=device)[None]
+    with eval_no_grad(model):
+        hidden = decoder_hidden_states(model, ids, mask, pos)[0, :-1]  # (P-1, H)
+        got = _fused_logprobs(base, fused, hidden, ids[0, 1:], return_entropy=True)
+        logits = _model_logits(model, ids, mask, pos)[0, :-1]  # (P-1, V)
+        want = kernels.sequence_logprobs(logits, ids[0, 1:], return_entropy=True)
+        z = head(hidden).float() * (fused.logit_scale or 1.0)  # (P-1, V)
+        if fused.softcap is not None:
+            z = fused.softcap * torch.tanh(z / fused.softcap)
+        gaps = [_gap(g, w) for g, w in zip(got, want)]
+        gaps.append(_gap(z.log_softmax(-1), logits.float().log_softmax(-1)))
+    return max(gaps), _probe_tolerance(logits)
 
 
 def _probe(model: nn.Module, base: nn.Module, device: torch.device) -> _FusedHead | None:
-    """Score one fixed short sequence through the fused head and through the model's own logits;
-    the fused head when they agree within ``_probe_tolerance``, None (with a warning) if not."""
+    """The fused head when ``_probe_gap`` is within tolerance, else None with one warning."""
     arch = getattr(base.config, "model_type", type(base).__name__)
+    fused = _FusedHead(*head_transform(base.config))
     try:
-        head = base.get_output_embeddings()
-        vocab = min(head.weight.shape[0], base.get_input_embeddings().weight.shape[0])
-        scale, cap = head_transform(base.config)
-        fused = _FusedHead(scale, cap)
-        ids = ((torch.arange(_PROBE_TOKENS, device=device) * 7919 + 3) % vocab)[None]  # (1, P)
-        mask, pos = torch.ones_like(ids), torch.arange(_PROBE_TOKENS, device=device)[None]
-        with eval_no_grad(model):
-            hidden = decoder_hidden_states(model, ids, mask, pos)[0, :-1]  # (P-1, H)
-            got = _fused_logprobs(base, fused, hidden, ids[0, 1:], return_entropy=True)
-            logits = _model_logits(model, ids, mask, pos)[0, :-1]  # (P-1, V)
-            want = kernels.sequence_logprobs(logits, ids[0, 1:], return_entropy=True)
+        gap, tol = _probe_gap(model, base, fused, device)
     except Exception as err:  # noqa: BLE001 - any failure of the fused route means "not fusable"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         warnings.warn(
@@ -162,14 +180,12 @@ def _probe(model: nn.Module, base: nn.Module, device: torch.device) -> _FusedHea
             stacklevel=3,
         )
         return None
-    tol = _probe_tolerance(logits.dtype, logits)
-    gap = max(float((g - w).abs().max()) for g, w in zip(got, want))
     if gap <= tol:
         return fused
     warnings.warn(
         f"response_logprobs: {arch}: fused lm_head log-probs differ from the model's own logits "
-        f"by {gap:.3g} (> {tol:.2g}; logit_scale={scale}, softcap={cap}); using the full (N, V) "
-        "logits for this model",
+        f"by {gap:.3g} (> {tol:.2g}; logit_scale={fused.logit_scale}, softcap={fused.softcap}); "
+        "using the full (N, V) logits for this model",
         stacklevel=3,
     )
     return None

@@ -11,9 +11,16 @@ from torch import nn
 from transformers import AutoConfig
 
 from lightning_rlhf.data.tasks import get_tokenizer
-from lightning_rlhf.models import LoraConfig, ModelConfig, load_causal_lm, response_logprobs
+from lightning_rlhf.models import (
+    LoraConfig,
+    ModelConfig,
+    load_causal_lm,
+    response_logprobs,
+    scoring,
+)
 from lightning_rlhf.models.scoring import fused_head, head_transform
 from tests.algorithms.e2e import TINY
+from tests.models.architectures import ARCHITECTURES
 from tests.models.test_loading import _batch, _naive_logprobs
 
 
@@ -77,6 +84,32 @@ def test_unknown_head_scaling_is_detected_and_falls_back(tok):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the verdict is remembered: no second probe, no warning
         response_logprobs(model, ids, attn, resp)
+
+
+class _MaskedHead(nn.Linear):
+    """An lm_head that masks the last 10 vocabulary entries to -inf (a padded vocabulary)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = super().forward(x)
+        return torch.cat([z[..., :-10], torch.full_like(z[..., -10:], float("-inf"))], -1)
+
+
+def test_unknown_softcap_key_and_masked_vocabulary_are_detected(tok, monkeypatch):
+    """A soft-cap under a key the list does not know, and -inf logits the weight cannot give."""
+    monkeypatch.setattr(scoring, "_SOFTCAP_KEYS", ("final_logit_softcapping",))
+    torch.manual_seed(0)
+    gemma = load_causal_lm(ModelConfig(config=ARCHITECTURES["recurrent_gemma"]), tok).eval()
+    masked = _tiny(tok).eval()
+    old = masked.lm_head
+    masked.lm_head = _MaskedHead(old.in_features, old.out_features, bias=False)
+    masked.lm_head.weight = old.weight
+    ids, attn, resp = _batch(tok)
+    for model, arch in ((gemma, "recurrent_gemma"), (masked, "llama")):
+        with pytest.warns(UserWarning, match=f"{arch}: fused lm_head log-probs differ"):
+            got = response_logprobs(model, ids, attn, resp)
+        assert fused_head(model) is None
+        want = _naive_logprobs(model, ids, attn, resp)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_probe_in_train_mode_with_dropout_restores_modes_and_works_under_no_grad(tok):
