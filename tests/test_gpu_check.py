@@ -79,8 +79,8 @@ def test_parsers(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_target_runs_the_script_without_installing():
     out = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0
-    assert out.stdout.split() == ["python", "-m", "lightning_rlhf.gpu_check"]
+    assert out.returncode == 0  # one command, whatever PYTHON is, and no install step first
+    assert out.stdout.split()[1:] == ["-m", "lightning_rlhf.gpu_check"]
 
 
 def test_sft_step_runs_under_fsdp2_on_cpu_without_datasets_or_jsonargparse():
