@@ -1,4 +1,5 @@
-"""Measuring helpers shared by the ``kernels.bench_*`` modules: median time, peak memory, rows.
+"""Measuring helpers shared by the ``kernels.bench_*`` modules: median time, peak memory, rows,
+and the datasheet peaks (bandwidth, bf16 FLOP/s) that achieved numbers are divided by.
 
 Peak memory is the growth of one call over what existed before it: on CUDA the allocator's
 ``max_memory_allocated``; on CPU the peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` once
@@ -18,6 +19,28 @@ import time
 from collections.abc import Callable
 
 import torch
+
+#: (substring of ``torch.cuda.get_device_name()``, peak DRAM bytes/s, dense bf16 tensor FLOP/s)
+#: from NVIDIA's datasheets; the first case-insensitive match wins, so variants come first.
+DEVICE_PEAKS: tuple[tuple[str, float, float], ...] = (
+    ("H200 NVL", 4.8e12, 835e12),
+    ("H200", 4.8e12, 989e12),  # SXM
+    ("H100 NVL", 3.9e12, 835e12),
+    ("H100 PCIe", 2.0e12, 756e12),
+    ("H100", 3.35e12, 989e12),  # SXM5, e.g. "NVIDIA H100 80GB HBM3"
+    ("A100-SXM4-40GB", 1.555e12, 312e12),
+    ("A100-PCIE-40GB", 1.555e12, 312e12),
+    ("A100 80GB PCIe", 1.935e12, 312e12),
+    ("A100", 2.039e12, 312e12),  # SXM4 80GB
+)
+
+
+def device_peaks(name: str) -> tuple[float, float] | None:
+    """(peak bytes/s, peak bf16 FLOP/s) of a device by its name, or None if not in the table."""
+    for key, bandwidth, flops in DEVICE_PEAKS:
+        if key.lower() in name.lower():
+            return bandwidth, flops
+    return None
 
 
 def sync(device: str) -> None:

@@ -19,9 +19,10 @@ MODULES = ("kernels.bench_logprob", "kernels.bench_ratio")
 
 
 def collect(
-    device: str, quick: bool, modules: tuple[str, ...] = MODULES
+    device: str, quick: bool, modules: tuple[str, ...] = MODULES, shape: tuple | None = None
 ) -> tuple[list[dict], list[str]]:
-    """Rows from every benchmark module that imports, and a note for each that does not."""
+    """Rows from every benchmark module that imports, and a note for each that does not;
+    ``shape`` = (N, V, H, dtype) sizes the log-prob benchmark."""
     rows: list[dict] = []
     notes: list[str] = []
     for name in modules:
@@ -30,8 +31,21 @@ def collect(
         except ImportError as e:
             notes.append(f"{name} not run: {e}")
             continue
-        rows.extend(mod.run(device, quick))
+        extra = {"shape": shape} if shape is not None and name == "kernels.bench_logprob" else {}
+        rows.extend(mod.run(device, quick, **extra))
     return rows, notes
+
+
+def _shape_arg(text: str) -> tuple[int, int, int]:
+    """``N,V,H`` -> (N, V, H); one clear line if it is not three positive integers."""
+    try:
+        n, v, h = (int(x) for x in text.split(","))
+    except ValueError:
+        msg = f"--shape wants N,V,H (three integers), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if min(n, v, h) <= 0:
+        raise argparse.ArgumentTypeError(f"--shape values must be positive, got {text!r}")
+    return n, v, h
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -75,8 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes, fewer repetitions")
     parser.add_argument("--out", type=Path, help="write OUT.md and OUT.csv as well")
+    parser.add_argument("--shape", type=_shape_arg, help="N,V,H of the log-prob benchmark")
+    parser.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "fp16"),
+                        help="dtype of the log-prob benchmark when --shape is given")
+    parser.add_argument("--modules", nargs="+", default=list(MODULES), choices=MODULES)
     args = parser.parse_args(argv)
-    rows, notes = collect(args.device, args.quick)
+    shape = (*args.shape, args.dtype) if args.shape else None
+    rows, notes = collect(args.device, args.quick, tuple(args.modules), shape)
     text = "\n\n".join([_header(args.device, args.quick), to_markdown(rows), *notes]) + "\n"
     print(text)
     if args.out:

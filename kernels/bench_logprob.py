@@ -13,7 +13,14 @@ from functools import partial
 
 import torch
 
-from kernels._bench_util import add_ratios, probe_main, row, rss_peak_growth_mb, time_and_peak
+from kernels._bench_util import (
+    add_ratios,
+    device_peaks,
+    probe_main,
+    row,
+    rss_peak_growth_mb,
+    time_and_peak,
+)
 from kernels.logprob import linear_logprobs, sequence_logprobs
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,9 +78,13 @@ def _impls(op: str, device: str) -> dict[str, Callable]:
 # --- cases ---------------------------------------------------------------------------------------
 
 
-def _cases(device: str, quick: bool) -> list[dict]:
-    """(op, N, V, H, dtype) rows to measure on this device."""
-    if device.startswith("cuda"):
+def _cases(device: str, quick: bool, shape: tuple[int, int, int, str] | None = None) -> list[dict]:
+    """(op, N, V, H, dtype) rows to measure on this device; ``shape`` = (N, V, H, dtype) measures
+    both ops at that one size instead."""
+    if shape is not None:
+        n, v, h, d = shape
+        seq, lin = [(n, v, d)], [(n, v, h, d)]
+    elif device.startswith("cuda"):
         seq = [(4096, 32000, "bf16")] if quick else [(4096, 32000, "bf16"), (16384, 128256, "bf16")]
         lin = [(4096, 32000, 1024, "bf16")] if quick else [(8192, 128256, 4096, "bf16")]
     else:
@@ -126,7 +137,10 @@ def _probe(case: dict, impl: str) -> float:
 
 
 def _peak_bandwidth(device: str) -> float | None:
-    """Theoretical DRAM bandwidth in bytes/s from the device properties, if it reports them."""
+    """Peak DRAM bandwidth in bytes/s: the datasheet table, else the device properties."""
+    peaks = device_peaks(torch.cuda.get_device_name(device))
+    if peaks:
+        return peaks[0]
     props = torch.cuda.get_device_properties(device)
     clock_khz = getattr(props, "memory_clock_rate", 0)
     bus_bits = getattr(props, "memory_bus_width", 0)
@@ -146,16 +160,29 @@ def _bw_frac(case: dict, ms: float, device: str) -> float | None:
     return round(nbytes / (ms / 1e3) / peak, 3) if peak else None
 
 
-def run(device: str, quick: bool) -> list[dict]:
+def _throughput(case: dict, ms: float, device: str) -> dict:
+    """Achieved GB/s (sequence_logprobs: 3 N V bytes) or TFLOP/s (linear_logprobs: the 6 N V H
+    FLOPs of the logits matmul and its two gradients), and as a fraction of the peak (GPU)."""
+    peaks = device_peaks(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
+    if case["op"] == "sequence_logprobs":
+        rate = 3 * case["N"] * case["V"] * _DTYPES[case["dtype"]].itemsize / (ms / 1e3)
+        return {"gb_s": round(rate / 1e9, 1)}
+    rate = 6 * case["N"] * case["V"] * case["H"] / (ms / 1e3)
+    frac = round(rate / peaks[1], 3) if peaks else None
+    return {"tflop_s": round(rate / 1e12, 1), "flop_frac": frac}
+
+
+def run(device: str, quick: bool, shape: tuple[int, int, int, str] | None = None) -> list[dict]:
     """Benchmark both log-prob ops on ``device`` ("cpu" or "cuda[:i]"); one dict per table row.
 
     Columns: op, impl, shape, dtype, fwd_bwd_ms (median), peak_mem_mb, max_abs_err_vs_naive
     (log-probs), bw_frac (op 1 on GPU: (2 reads + 1 write of N*V) / time / peak DRAM bandwidth),
-    time_vs_naive, mem_vs_naive.
+    gb_s (op 1) or tflop_s and flop_frac (op 2: 6 N V H FLOPs / time / peak bf16 FLOP/s),
+    time_vs_naive, mem_vs_naive. ``shape`` = (N, V, H, dtype) replaces the default sizes.
     """
     reps = 2 if quick else 5
     rows = []
-    for case in _cases(device, quick):
+    for case in _cases(device, quick, shape):
         inputs = _inputs(case, device)
         expected = None
         for impl, fn in _impls(case["op"], device).items():
@@ -164,7 +191,8 @@ def run(device: str, quick: bool) -> list[dict]:
             err = (logp - expected).abs().max().item()
             call = partial(_fwd_bwd, fn, inputs)
             ms, mem = time_and_peak("kernels.bench_logprob", case, impl, call, inputs, device, reps)
-            rows.append(row(case, impl, _shape(case), ms, mem, err, _bw_frac(case, ms, device)))
+            rows.append(row(case, impl, _shape(case), ms, mem, err, _bw_frac(case, ms, device))
+                        | _throughput(case, ms, device))
         del inputs
     return add_ratios(rows)
 

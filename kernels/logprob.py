@@ -2,12 +2,15 @@
 
 ``sequence_logprobs``: fused log-softmax + gather (+ entropy) over (B, T, V) logits.
 ``linear_logprobs``: lm_head matmul + log-prob chunked over tokens, so no (N, V) tensor exists.
+Both read the distribution ``softmax(softcap(logit_scale * logits) / temperature)`` with
+``softcap(y) = c * tanh(y / c)`` (Gemma 2/3 style), each transform optional, applied on the fly.
 Backends: a row-chunked torch path (runs anywhere) and Triton kernels (online logsumexp, one
 program per row; see the kernel section). Backward recomputes from the saved per-row logsumexp.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -23,22 +26,41 @@ _LOGP_FLOOR = -1e30
 # --- torch row ops: one chunk of rows (R, V) -----------------------------------------------------
 
 
-def _scaled_fp32(x: torch.Tensor, temperature: float) -> torch.Tensor:
-    """x / temperature in fp32; x itself (read-only!) when it is fp32 and temperature is 1."""
+def _transformed_fp32(
+    x: torch.Tensor, tf: tuple[float | None, float | None, float], want_grad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | float | None]:
+    """z = softcap(scale * x) / temperature in fp32, and with ``want_grad`` dz/dx.
+
+    x (R, V); tf = (logit_scale or None, softcap or None, temperature). z is x itself
+    (read-only!) when x is fp32 and there is nothing to apply. dz/dx is a float without softcap,
+    else an (R, V) fp32 tensor ``scale * (1 - tanh^2) / temperature``; None without ``want_grad``.
+    """
+    scale, cap, temperature = tf
     z = x.float()  # (R, V) fp32: a copy only when x is bf16/fp16
-    return z if temperature == 1.0 else z / temperature
+    if scale is not None:
+        z = z * scale
+    dz = (1.0 if scale is None else scale) / temperature if want_grad else None
+    if cap is not None:
+        t = torch.tanh(z / cap)  # (R, V)
+        if want_grad:
+            dz = (1.0 - t * t).mul_(dz)
+        z = t.mul_(cap)
+    if temperature != 1.0:
+        z = z / temperature if z is x else z.div_(temperature)
+    return z, dz
 
 
 def _torch_rows_fwd(
-    x: torch.Tensor, tgt: torch.Tensor, temperature: float, ignore_index: int, want_entropy: bool
+    x: torch.Tensor, tgt: torch.Tensor, tf: tuple, ignore_index: int, want_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Log-prob, logsumexp and entropy of one chunk. x (R, V) any dtype/strides; tgt (R,).
+    """Log-prob, logsumexp and entropy of one chunk. x (R, V) any dtype/strides; tgt (R,);
+    tf = (logit_scale, softcap, temperature) as in ``_transformed_fp32``.
 
     Returns fp32 (R,) tensors: logp (0 where ignored), lse, entropy (0 where ignored) or None.
     Uses log_softmax (one fused pass; torch.logsumexp is several times slower on CPU) and reads
     lse = max - log_softmax[argmax] off it.
     """
-    z = _scaled_fp32(x, temperature)  # (R, V)
+    z, _ = _transformed_fp32(x, tf)  # (R, V)
     ls = torch.log_softmax(z, dim=-1)  # (R, V) log p
     valid = tgt != ignore_index
     safe = torch.where(valid, tgt, 0).long()[:, None]  # (R, 1)
@@ -59,20 +81,23 @@ def _torch_rows_bwd(
     ent: torch.Tensor | None,
     g_lp: torch.Tensor,
     g_ent: torch.Tensor | None,
-    temperature: float,
+    tf: tuple,
     ignore_index: int,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d(loss)/d(x) for one chunk into ``out`` (R, V) (x's dtype; may alias x) or a new tensor.
 
-    x (R, V); tgt, lse, ent, g_lp, g_ent (R,). With z = x / temperature and p = softmax(z):
-    dlogp/dz = onehot - p;  dH/dz = -p (log p + H). For fp32 x the work happens in ``out``.
+    x (R, V); tgt, lse, ent, g_lp, g_ent (R,). With z = softcap(scale x) / temperature and
+    p = softmax(z): dlogp/dz = onehot - p;  dH/dz = -p (log p + H); then times dz/dx.
+    For fp32 x the work happens in ``out``.
     """
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
     valid = tgt != ignore_index
     g = torch.where(valid, g_lp.float(), 0.0)[:, None]  # (R, 1)
+    z, dz = _transformed_fp32(x, tf, want_grad=True)  # before ``out`` (maybe x) is written
     buf = out if out.dtype == torch.float32 else torch.empty(x.shape, device=x.device)  # (R, V)
-    torch.sub(_scaled_fp32(x, temperature), lse[:, None], out=buf)  # log p
+    torch.sub(z, lse[:, None], out=buf)  # log p
+    del z
     if g_ent is not None and ent is not None:
         g_h = torch.where(valid, g_ent.float(), 0.0)[:, None]  # (R, 1)
         coef = buf.clamp(min=_LOGP_FLOOR).add_(ent[:, None]).mul_(g_h).add_(g)  # g+g_H(logp+H)
@@ -81,8 +106,8 @@ def _torch_rows_bwd(
         buf.exp_().mul_(-g)
     safe = torch.where(valid, tgt, 0).long()[:, None]  # (R, 1)
     buf.scatter_add_(1, safe, g)
-    if temperature != 1.0:
-        buf.div_(temperature)
+    if isinstance(dz, torch.Tensor) or dz != 1.0:
+        buf.mul_(dz)
     if buf is not out:
         out.copy_(buf)
     return out
@@ -101,7 +126,7 @@ def _chunk_rows(V: int, chunk_rows: int | None) -> int:
     return chunk_rows if chunk_rows else max(1, _TORCH_CHUNK_ELEMS // max(V, 1))
 
 
-def _torch_seq_fwd(logits, targets, temperature, ignore_index, want_entropy, chunk_rows):
+def _torch_seq_fwd(logits, targets, tf, ignore_index, want_entropy, chunk_rows):
     """Chunked forward over (B, T, V) logits; targets (B*T,). Returns logp, lse, ent (B*T,) fp32."""
     N = targets.numel()
     logp = logits.new_empty(N, dtype=torch.float32)
@@ -111,7 +136,7 @@ def _torch_seq_fwd(logits, targets, temperature, ignore_index, want_entropy, chu
     for r0, rows in _row_pieces(logits):
         for i in range(0, rows.shape[0], step):
             s = slice(r0 + i, r0 + min(i + step, rows.shape[0]))
-            lp, l, h = _torch_rows_fwd(rows[i : i + step], targets[s], temperature, ignore_index,
+            lp, l, h = _torch_rows_fwd(rows[i : i + step], targets[s], tf, ignore_index,
                                        want_entropy)
             logp[s], lse[s] = lp, l
             if ent is not None:
@@ -119,7 +144,7 @@ def _torch_seq_fwd(logits, targets, temperature, ignore_index, want_entropy, chu
     return logp, lse, ent
 
 
-def _torch_seq_bwd(logits, targets, lse, ent, g_lp, g_ent, temperature, ignore_index, chunk_rows):
+def _torch_seq_bwd(logits, targets, lse, ent, g_lp, g_ent, tf, ignore_index, chunk_rows):
     """Chunked backward: grad (B, T, V) contiguous in logits' dtype; other args (B*T,)."""
     B, T, V = logits.shape
     grad = torch.empty((B, T, V), dtype=logits.dtype, device=logits.device)
@@ -130,7 +155,7 @@ def _torch_seq_bwd(logits, targets, lse, ent, g_lp, g_ent, temperature, ignore_i
             s = slice(r0 + i, r0 + min(i + step, rows.shape[0]))
             _torch_rows_bwd(
                 rows[i : i + step], targets[s], lse[s], None if ent is None else ent[s], g_lp[s],
-                None if g_ent is None else g_ent[s], temperature, ignore_index, out=flat[s],
+                None if g_ent is None else g_ent[s], tf, ignore_index, out=flat[s],
             )
     return grad
 
@@ -176,39 +201,38 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     acc.addmm_(a.float(), b.float())
 
 
-def _rows_fwd(backend, z, tgt, temperature, ignore_index, want_entropy):
+def _rows_fwd(backend, z, tgt, tf, ignore_index, want_entropy):
     """Dispatch one (R, V) chunk's forward to the torch or Triton row op."""
     if backend == "triton":
-        return _triton_seq_fwd(z.unsqueeze(0), tgt, temperature, ignore_index, want_entropy)
-    return _torch_rows_fwd(z, tgt, temperature, ignore_index, want_entropy)
+        return _triton_seq_fwd(z.unsqueeze(0), tgt, tf, ignore_index, want_entropy)
+    return _torch_rows_fwd(z, tgt, tf, ignore_index, want_entropy)
 
 
-def _rows_bwd(backend, z, tgt, lse, ent, g_lp, g_ent, temperature, ignore_index):
+def _rows_bwd(backend, z, tgt, lse, ent, g_lp, g_ent, tf, ignore_index):
     """Dispatch one (R, V) chunk's backward; returns grad (R, V) in z's dtype."""
     if backend == "triton":
-        return _triton_seq_bwd(z.unsqueeze(0), tgt, lse, ent, g_lp, g_ent, temperature,
+        return _triton_seq_bwd(z.unsqueeze(0), tgt, lse, ent, g_lp, g_ent, tf,
                                ignore_index, out=z.unsqueeze(0)).squeeze(0)
-    return _torch_rows_bwd(z, tgt, lse, ent, g_lp, g_ent, temperature, ignore_index, out=z)
+    return _torch_rows_bwd(z, tgt, lse, ent, g_lp, g_ent, tf, ignore_index, out=z)
 
 
 # --- autograd ----------------------------------------------------------------------------------
 
 
 class SequenceLogprobsFunction(torch.autograd.Function):
-    """Autograd for ``sequence_logprobs`` on (B, T, V) logits; saves per-row lse (+ entropy)."""
+    """Autograd for ``sequence_logprobs`` on (B, T, V) logits; saves per-row lse (+ entropy).
+    ``tf`` = (logit_scale or None, softcap or None, temperature)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, temperature, ignore_index, return_entropy, backend,
-                chunk_rows):
+    def forward(ctx, logits, targets, tf, ignore_index, return_entropy, backend, chunk_rows):
         tflat = targets.reshape(-1)  # (B*T,)
         if backend == "triton":
-            logp, lse, ent = _triton_seq_fwd(logits, tflat, temperature, ignore_index,
-                                             return_entropy)
+            logp, lse, ent = _triton_seq_fwd(logits, tflat, tf, ignore_index, return_entropy)
         else:
-            logp, lse, ent = _torch_seq_fwd(logits, tflat, temperature, ignore_index,
-                                            return_entropy, chunk_rows)
+            logp, lse, ent = _torch_seq_fwd(logits, tflat, tf, ignore_index, return_entropy,
+                                            chunk_rows)
         ctx.save_for_backward(logits, tflat, lse, ent)
-        ctx.cfg = (temperature, ignore_index, backend, chunk_rows)
+        ctx.cfg = (tf, ignore_index, backend, chunk_rows)
         B, T = targets.shape
         if return_entropy:
             return logp.view(B, T), ent.view(B, T)
@@ -217,17 +241,16 @@ class SequenceLogprobsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_lp, g_ent=None):
         logits, tflat, lse, ent = ctx.saved_tensors
-        temperature, ignore_index, backend, chunk_rows = ctx.cfg
+        tf, ignore_index, backend, chunk_rows = ctx.cfg
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
         g_lp = g_lp.reshape(-1).float().contiguous()  # (B*T,)
         if g_ent is not None:
             g_ent = g_ent.reshape(-1).float().contiguous()  # (B*T,)
         if backend == "triton":
-            grad = _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature,
-                                   ignore_index)
+            grad = _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, tf, ignore_index)
         else:
-            grad = _torch_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_index,
+            grad = _torch_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, tf, ignore_index,
                                   chunk_rows)
         return grad, None, None, None, None, None, None
 
@@ -236,31 +259,34 @@ class LinearLogprobsFunction(torch.autograd.Function):
     """Autograd for ``linear_logprobs``: chunks of tokens, logits recomputed in backward.
 
     Saves hidden, weight, bias and the per-token lse (+ entropy); peak extra memory is a few
-    (chunk, V) buffers. grad_weight / grad_bias accumulate in fp32 across chunks.
+    (chunk, V) buffers. grad_weight / grad_bias accumulate in fp32 across chunks. Under CUDA
+    autocast (bf16-mixed training) backward runs in the forward's autocast state, so the logits it
+    recomputes are rounded as those the saved lse came from.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, ignore_index, return_entropy,
-                backend, chunk_size):
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, hidden, weight, bias, targets, tf, ignore_index, return_entropy, backend,
+                chunk_size):
         N = hidden.shape[0]
         logp = hidden.new_empty(N, dtype=torch.float32)
         lse = torch.empty_like(logp)
         ent = torch.empty_like(logp) if return_entropy else None
         for s in _spans(N, chunk_size):
             z = _chunk_logits(hidden[s], weight, bias)  # (c, V)
-            lp, l, h = _rows_fwd(backend, z, targets[s], temperature, ignore_index,
-                                 return_entropy)
+            lp, l, h = _rows_fwd(backend, z, targets[s], tf, ignore_index, return_entropy)
             logp[s], lse[s] = lp, l
             if ent is not None:
                 ent[s] = h
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
-        ctx.cfg = (temperature, ignore_index, backend, chunk_size)
+        ctx.cfg = (tf, ignore_index, backend, chunk_size)
         return (logp, ent) if return_entropy else logp
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_lp, g_ent=None):
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
-        temperature, ignore_index, backend, chunk_size = ctx.cfg
+        tf, ignore_index, backend, chunk_size = ctx.cfg
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g_lp = g_lp.float().contiguous()  # (N,)
         g_ent = None if g_ent is None else g_ent.float().contiguous()  # (N,)
@@ -271,7 +297,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
         for s in _spans(hidden.shape[0], chunk_size):
             z = _chunk_logits(hidden[s], weight, bias)  # (c, V)
             gz = _rows_bwd(backend, z, targets[s], lse[s], None if ent is None else ent[s],
-                           g_lp[s], None if g_ent is None else g_ent[s], temperature,
+                           g_lp[s], None if g_ent is None else g_ent[s], tf,
                            ignore_index)  # (c, V) in z's dtype
             if grad_h is not None:
                 grad_h[s] = gz @ weight  # (c, H)
@@ -287,11 +313,21 @@ class LinearLogprobsFunction(torch.autograd.Function):
 # --- functional API ----------------------------------------------------------------------------
 
 
-def _check_common(targets: torch.Tensor, temperature: float) -> None:
+def _check_common(
+    targets: torch.Tensor, temperature: float, logit_scale: float | None, softcap: float | None
+) -> tuple[float | None, float | None, float]:
+    """Validate the shared arguments; return the transform (logit_scale, softcap, temperature)."""
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    for name, value in (("temperature", temperature), ("logit_scale", logit_scale),
+                        ("softcap", softcap)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return (
+        None if logit_scale is None or logit_scale == 1.0 else float(logit_scale),
+        None if softcap is None else float(softcap),
+        float(temperature),
+    )
 
 
 def sequence_logprobs(
@@ -299,17 +335,23 @@ def sequence_logprobs(
     targets: torch.Tensor,
     *,
     temperature: float = 1.0,
+    logit_scale: float | None = None,
+    softcap: float | None = None,
     ignore_index: int = -100,
     return_entropy: bool = False,
     backend: str = "auto",
     chunk_rows: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each target token under ``softmax(logits / temperature)``.
+    """Log-prob of each target token under ``softmax(softcap(logit_scale * logits) / temperature)``.
 
     Args:
         logits: (B, T, V) or (N, V), fp32/bf16/fp16, any strides (e.g. ``logits[:, :-1]``).
         targets: (B, T) or (N,) integer token ids; ``ignore_index`` marks positions to skip.
         temperature: divides the logits before the softmax (> 0).
+        logit_scale: multiplies the logits first (> 0; Cohere ``logit_scale``, Granite
+            ``1 / logits_scaling``); None = 1.
+        softcap: ``c`` of ``c * tanh(y / c)``, applied after the scale and before the temperature
+            (Gemma 2/3 ``final_logit_softcapping``); None = no capping.
         ignore_index: target id whose log-prob, entropy and gradient are 0.
         return_entropy: also return the tempered entropy ``-sum_v p log p`` per position.
         backend: "auto" | "triton" | "torch" (see ``kernels._backend.resolve_backend``).
@@ -318,7 +360,7 @@ def sequence_logprobs(
     Returns:
         logp (B, T) fp32 [, entropy (B, T) fp32]; shaped like ``targets``.
     """
-    _check_common(targets, temperature)
+    tf = _check_common(targets, temperature, logit_scale, softcap)
     if logits.dim() not in (2, 3) or targets.shape != logits.shape[:-1]:
         raise ValueError(
             f"expected logits (B, T, V) or (N, V) and targets of its leading shape, got "
@@ -329,8 +371,7 @@ def sequence_logprobs(
         logits, targets = logits.unsqueeze(0), targets.unsqueeze(0)  # (1, N, V), (1, N)
     impl = resolve_backend(backend, logits)
     out = SequenceLogprobsFunction.apply(
-        logits, targets, float(temperature), int(ignore_index), bool(return_entropy), impl,
-        chunk_rows,
+        logits, targets, tf, int(ignore_index), bool(return_entropy), impl, chunk_rows
     )
     if squeeze:
         return tuple(o.squeeze(0) for o in out) if return_entropy else out.squeeze(0)
@@ -344,12 +385,15 @@ def linear_logprobs(
     *,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    logit_scale: float | None = None,
+    softcap: float | None = None,
     ignore_index: int = -100,
     return_entropy: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of ``targets`` under ``softmax((hidden @ weight.T + bias) / temperature)``.
+    """Log-probs of ``targets`` under ``softmax(softcap(logit_scale * (hidden @ weight.T + bias))
+    / temperature)``.
 
     The (N, V) logits are never materialised: tokens are processed ``chunk_size`` at a time and
     backward recomputes each chunk's logits.
@@ -359,13 +403,14 @@ def linear_logprobs(
         weight: (V, H) lm_head weight, same dtype as ``hidden``.
         targets: (B, T) or (N,) integer token ids; ``ignore_index`` marks positions to skip.
         bias: optional (V,) lm_head bias.
-        temperature, ignore_index, return_entropy, backend: as in ``sequence_logprobs``.
+        temperature, logit_scale, softcap, ignore_index, return_entropy, backend: as in
+            ``sequence_logprobs``.
         chunk_size: tokens per chunk (default: a power of two making (chunk, V) ~ (N, H)).
 
     Returns:
         logp (B, T) fp32 [, entropy (B, T) fp32]; shaped like ``targets``.
     """
-    _check_common(targets, temperature)
+    tf = _check_common(targets, temperature, logit_scale, softcap)
     H = hidden.shape[-1]
     if weight.dim() != 2 or weight.shape[1] != H or targets.shape != hidden.shape[:-1]:
         raise ValueError(
@@ -381,8 +426,7 @@ def linear_logprobs(
     chunk = chunk_size or _default_chunk(h2.shape[0], weight.shape[0], H)
     impl = resolve_backend(backend, hidden, weight)
     out = LinearLogprobsFunction.apply(
-        h2, weight, bias, t1, float(temperature), int(ignore_index), bool(return_entropy), impl,
-        max(1, chunk),
+        h2, weight, bias, t1, tf, int(ignore_index), bool(return_entropy), impl, max(1, chunk)
     )
     if return_entropy:
         return out[0].view(targets.shape), out[1].view(targets.shape)
@@ -395,8 +439,10 @@ def linear_logprobs(
 # max m, sum s = sum exp(z - m) and, for the entropy, a = sum exp(z - m) (z - m), all fp32
 # (rescaled by exp(m_old - m_new) when the max grows), so logits are read once:
 # lse = m + log s, H = log s - a / s. The target logit is one extra scalar load.
-# Backward reads the row again and writes g * (onehot - p) - g_H p (log p + H), over temperature,
-# straight in the logits' dtype. Offsets are int64; logits may have any strides.
+# Backward reads the row again and writes (g * (onehot - p) - g_H p (log p + H)) * dz/dx straight
+# in the logits' dtype. z = softcap(scale * x) / temperature is formed per tile (``_transform``);
+# softcap is a static flag, its value and the scale runtime scalars. Triton has no tanh that also
+# runs in the interpreter, so ``_tanh`` builds it from exp. Offsets are int64; any strides.
 # Limits: a target outside [0, V) that is not ignore_index gives NaN (no device assert); a row
 # that is -inf everywhere gives NaN, as log_softmax does.
 
@@ -409,12 +455,41 @@ except ImportError:  # pragma: no cover - torch backend only
 if triton is not None:
 
     @triton.jit
+    def _tanh(a):
+        """fp32 tanh from exp: odd Taylor series to a^15 for |a| < 0.5 (error < 5e-9), else
+        (1 - e) / (1 + e) with e = exp(-2|a|) (no cancellation there; +-1 at +-inf)."""
+        a2 = a * a
+        p = -1.4558344e-3
+        p = p * a2 + 3.5921280e-3
+        p = p * a2 - 8.8632355e-3
+        p = p * a2 + 2.1869489e-2
+        p = p * a2 - 5.3968254e-2
+        p = p * a2 + 1.3333334e-1
+        p = p * a2 - 3.3333334e-1
+        small = a * (p * a2 + 1.0)
+        e = tl.exp(-2.0 * tl.abs(a))
+        big = (1.0 - e) / (1.0 + e)
+        return tl.where(tl.abs(a) < 0.5, small, tl.where(a < 0, -big, big))
+
+    @triton.jit
+    def _transform(x, scale, softcap, temperature, SOFTCAP: tl.constexpr):
+        """(z, dz/dx) for raw logits x: z = softcap(scale * x) / temperature, in fp32."""
+        y = x.to(tl.float32) * scale
+        if SOFTCAP:
+            t = _tanh(y / softcap)
+            y = t * softcap
+            dy = (1.0 - t * t) * scale
+        else:
+            dy = scale
+        return y / temperature, dy / temperature
+
+    @triton.jit
     def _logprob_fwd_kernel(
         logits_ptr, targets_ptr, logp_ptr, lse_ptr, ent_ptr,
         T, V,
         stride_lb, stride_lt, stride_lv,
-        temperature, ignore_index,
-        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
+        scale, softcap, temperature, ignore_index,
+        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr, SOFTCAP: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + (row // T) * stride_lb + (row % T) * stride_lt
@@ -423,8 +498,9 @@ if triton is not None:
         a = tl.zeros([], tl.float32)
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
-            x = tl.load(base + cols * stride_lv, mask=cols < V, other=float("-inf"))
-            z = x.to(tl.float32) / temperature
+            x = tl.load(base + cols * stride_lv, mask=cols < V, other=0.0)
+            z, _ = _transform(x, scale, softcap, temperature, SOFTCAP)
+            z = tl.where(cols < V, z, float("-inf"))  # padding (softcap would make it finite)
             m_new = tl.maximum(m, tl.max(z, 0))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # avoid -inf - -inf
             alpha = tl.exp(m - m_ref)
@@ -439,7 +515,8 @@ if triton is not None:
         valid = target != ignore_index
         in_range = (target >= 0) & (target < V)
         xt = tl.load(base + target * stride_lv, mask=valid & in_range, other=float("nan"))
-        logp = xt.to(tl.float32) / temperature - lse
+        zt, _ = _transform(xt, scale, softcap, temperature, SOFTCAP)
+        logp = zt - lse
         tl.store(logp_ptr + row, tl.where(valid, logp, 0.0))
         tl.store(lse_ptr + row, lse)
         if WITH_ENTROPY:
@@ -451,8 +528,9 @@ if triton is not None:
         T, V,
         stride_lb, stride_lt, stride_lv,
         stride_gb, stride_gt, stride_gv,
-        temperature, ignore_index,
-        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr, BF16_RTNE: tl.constexpr,
+        scale, softcap, temperature, ignore_index,
+        BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr, SOFTCAP: tl.constexpr,
+        BF16_RTNE: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + (row // T) * stride_lb + (row % T) * stride_lt
@@ -468,12 +546,13 @@ if triton is not None:
             cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
             mask = cols < V
             x = tl.load(base + cols * stride_lv, mask=mask, other=0.0)
-            logp = x.to(tl.float32) / temperature - lse
+            z, dz = _transform(x, scale, softcap, temperature, SOFTCAP)
+            logp = z - lse
             p = tl.exp(logp)
             grad = tl.where(cols == target, g_lp, 0.0) - g_lp * p
             if WITH_ENTROPY:
                 grad -= g_ent * p * tl.where(p > 0, logp + ent, 0.0)
-            grad = grad / temperature
+            grad = grad * dz
             if BF16_RTNE:  # fp32 -> bf16 round-to-nearest-even in integer ops (see _bf16_rtne)
                 bits = grad.to(tl.uint32, bitcast=True)
                 bits += 0x7FFF + ((bits >> 16) & 1)
@@ -497,7 +576,15 @@ def _launch_cfg(V: int) -> tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
-def _triton_seq_fwd(logits, tflat, temperature, ignore_index, want_entropy):
+def _scalars(tf: tuple) -> tuple[float, float, float, bool]:
+    """(scale, softcap, temperature, SOFTCAP flag) kernel arguments for tf = (scale|None,
+    softcap|None, temperature)."""
+    scale, cap, temperature = tf
+    return (1.0 if scale is None else scale, 1.0 if cap is None else cap, temperature,
+            cap is not None)
+
+
+def _triton_seq_fwd(logits, tflat, tf, ignore_index, want_entropy):
     """Launch the forward kernel on (B, T, V) logits (any strides); tflat (B*T,).
 
     Returns logp, lse, entropy-or-None, each (B*T,) fp32.
@@ -511,17 +598,18 @@ def _triton_seq_fwd(logits, tflat, temperature, ignore_index, want_entropy):
     if N == 0:
         return logp, lse, ent
     block, warps = _launch_cfg(V)
+    scale, cap, temperature, with_cap = _scalars(tf)
     _logprob_fwd_kernel[(N,)](
         logits, tflat, logp, lse, ent if want_entropy else lse,
         T, V,
         *logits.stride(),
-        temperature, ignore_index,
-        BLOCK_V=block, WITH_ENTROPY=want_entropy, num_warps=warps,
+        scale, cap, temperature, ignore_index,
+        BLOCK_V=block, WITH_ENTROPY=want_entropy, SOFTCAP=with_cap, num_warps=warps,
     )
     return logp, lse, ent
 
 
-def _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_index, out=None):
+def _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, tf, ignore_index, out=None):
     """Launch the backward kernel; writes grad (B, T, V) in logits' dtype into ``out`` or a new
     contiguous tensor (``out`` may alias ``logits``: each element is read before it is written).
     lse, ent, g_lp, g_ent, tflat: (B*T,) contiguous.
@@ -532,12 +620,14 @@ def _triton_seq_bwd(logits, tflat, lse, ent, g_lp, g_ent, temperature, ignore_in
         return grad
     with_ent = g_ent is not None and ent is not None
     block, warps = _launch_cfg(V)
+    scale, cap, temperature, with_cap = _scalars(tf)
     _logprob_bwd_kernel[(B * T,)](
         logits, tflat.contiguous(), lse, ent if with_ent else lse, g_lp,
         g_ent if with_ent else g_lp, grad,
         T, V,
         *logits.stride(), *grad.stride(),
-        temperature, ignore_index,
-        BLOCK_V=block, WITH_ENTROPY=with_ent, BF16_RTNE=_bf16_rtne(grad.dtype), num_warps=warps,
+        scale, cap, temperature, ignore_index,
+        BLOCK_V=block, WITH_ENTROPY=with_ent, SOFTCAP=with_cap,
+        BF16_RTNE=_bf16_rtne(grad.dtype), num_warps=warps,
     )
     return grad

@@ -16,16 +16,24 @@ def sequence_logprobs_ref(
     targets: torch.Tensor,
     *,
     temperature: float = 1.0,
+    logit_scale: float | None = None,
+    softcap: float | None = None,
     ignore_index: int = -100,
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """fp32 reference: ``log_softmax(logits / temperature)[targets]``, 0 where ignored.
+    """fp32 reference: ``log_softmax(softcap(logit_scale * logits) / temperature)[targets]``.
 
-    logits (B, T, V) or (N, V); targets (B, T) or (N,). Returns fp32 log-probs shaped like
-    ``targets`` and, with ``return_entropy``, the tempered entropy ``-sum p log p`` (0 if ignored).
+    ``softcap(y) = c * tanh(y / c)``; None skips a transform. logits (B, T, V) or (N, V); targets
+    (B, T) or (N,). Returns fp32 log-probs shaped like ``targets`` (0 where ignored) and, with
+    ``return_entropy``, the entropy ``-sum p log p`` of that distribution (0 if ignored).
     Materialises the whole fp32 log-softmax; differentiable through plain torch.
     """
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V) fp32
+    z = logits.float()  # (B, T, V)
+    if logit_scale is not None:
+        z = z * logit_scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    logp_all = torch.log_softmax(z / temperature, dim=-1)  # (B, T, V) fp32
     valid = targets != ignore_index
     safe = torch.where(valid, targets, 0).long()
     logp = logp_all.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T)
@@ -43,6 +51,8 @@ def linear_logprobs_ref(
     *,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    logit_scale: float | None = None,
+    softcap: float | None = None,
     ignore_index: int = -100,
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +65,8 @@ def linear_logprobs_ref(
     if bias is not None:
         logits = logits + bias.float()
     return sequence_logprobs_ref(
-        logits, targets, temperature=temperature, ignore_index=ignore_index,
-        return_entropy=return_entropy,
+        logits, targets, temperature=temperature, logit_scale=logit_scale, softcap=softcap,
+        ignore_index=ignore_index, return_entropy=return_entropy,
     )
 
 

@@ -13,13 +13,18 @@ import dataclasses
 import torch
 from torch import nn
 
-from lightning_rlhf.models.loading import ModelConfig, load_causal_lm, load_reward_model
-from lightning_rlhf.models.scoring import position_ids_from_mask
+from lightning_rlhf.models.loading import (
+    ModelConfig,
+    load_causal_lm,
+    load_reward_model,
+    unwrap_peft,
+)
+from lightning_rlhf.models.scoring import eval_no_grad, position_ids_from_mask
 
 
 def _backbone(model: nn.Module) -> nn.Module:
     """The transformer body of a HF model (``model.model`` for Llama), unwrapping peft."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     body = getattr(base, base.base_model_prefix, None)
     if body is None:
         raise ValueError(
@@ -28,19 +33,29 @@ def _backbone(model: nn.Module) -> nn.Module:
     return body
 
 
+def output_width(backbone: nn.Module) -> int:
+    """H of the ``last_hidden_state`` that ``backbone`` really returns (OPT-350m-style models
+    project to ``word_embed_proj_dim``, not ``hidden_size``): one token through it, in eval mode
+    and without a graph."""
+    ids = torch.zeros(1, 1, dtype=torch.long, device=next(backbone.parameters()).device)
+    with eval_no_grad(backbone):
+        out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return out.last_hidden_state.shape[-1]
+
+
 class ValueModel(nn.Module):
     """V(x, y_<t) for every position of a sequence.
 
     Args:
         backbone: a HF base model returning ``last_hidden_state`` (B, L, H).
-        head: ``Linear(H, 1)``; a fresh one (zero bias) when None.
+        head: ``Linear(H, 1)``; a fresh one (zero bias) when None, H = ``output_width(backbone)``.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Linear | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        hidden = backbone.config.hidden_size
         if head is None:
+            hidden = output_width(backbone)
             head = nn.Linear(hidden, 1)
             nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
             nn.init.zeros_(head.bias)

@@ -1,15 +1,25 @@
 """Forward passes that turn a model and a batch into per-token log-probs or sequence scores.
 
-Log-probs always come from ``kernels``: from the last hidden states and the lm_head weight through
-``kernels.linear_logprobs`` (no (B, L, V) logits tensor), only at response positions.
+Log-probs always come from ``kernels``, only at response positions: from the last hidden states
+and the lm_head weight through ``kernels.linear_logprobs`` (no (B, L, V) logits tensor, with the
+model's logit scale / soft-cap applied in the kernel) when a one-time probe per model object shows
+that this reproduces the model's own logits, else from those logits (``sequence_logprobs``).
 """
 
 from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 import kernels
+from lightning_rlhf.models.loading import unwrap_peft
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -23,18 +33,173 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The underlying ``PreTrainedModel`` of a peft model (adapters stay active)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+# Config keys of known head transforms (read from the text config): a multiplier, a divisor, or
+# a soft-cap c of c * tanh(z / c). A fast path only: the probe below checks every model anyway.
+_SCALE_KEYS = ("logit_scale", "lm_head_multiplier")  # Cohere, Falcon-H1: logits * v
+_DIVISOR_KEYS = ("logits_scaling",)  # Granite: logits / v
+_SOFTCAP_KEYS = ("final_logit_softcapping", "logits_soft_cap")  # Gemma 2/3, RecurrentGemma
+_PROBE_TOKENS = 16
+# Per-model verdict: the fused head's transform, or None = full logits (keyed weakly by model).
+_VERDICTS: weakref.WeakKeyDictionary[nn.Module, _FusedHead | None] = weakref.WeakKeyDictionary()
 
 
-def _fusable(model: nn.Module) -> bool:
-    """Whether the logits are exactly lm_head(hidden): no soft-capping or logit scaling."""
-    config = _unwrap(model).config
-    return not any(
-        getattr(config, k, None)
-        for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+@dataclass(frozen=True)
+class _FusedHead:
+    """logits = softcap(logit_scale * lm_head(decoder hidden states)); None = no such step."""
+
+    logit_scale: float | None
+    softcap: float | None
+
+
+def _number(config: Any, key: str) -> float | None:
+    """``config.key`` when it is a real number other than None (strings such as MPT's are not)."""
+    value = getattr(config, key, None)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number else None
+
+
+def head_transform(config: Any) -> tuple[float | None, float | None]:
+    """(logit_scale, softcap) that a model's config declares for its lm_head output.
+
+    Known keys: ``logit_scale`` and ``lm_head_multiplier`` multiply, ``logits_scaling`` divides,
+    ``final_logit_softcapping`` / ``logits_soft_cap`` soft-cap after the scale (all read from the
+    text config of a multimodal model). A factor of 1 is no transform.
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = 1.0
+    for key in _SCALE_KEYS:
+        scale *= _number(config, key) or 1.0
+    for key in _DIVISOR_KEYS:
+        scale /= _number(config, key) or 1.0
+    caps = [c for c in (_number(config, k) for k in _SOFTCAP_KEYS) if c]
+    return (None if scale == 1.0 else scale), (caps[0] if caps else None)
+
+
+def decoder_hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Last hidden states of a causal LM's decoder, the input of its lm_head (no logits).
+
+    Args:
+        model: an HF causal LM or a peft wrapper (adapters stay active).
+        input_ids, attention_mask: (B, L); position_ids: (B, L), default from the mask.
+    Returns:
+        (B, L, H) with H the lm_head's input width (e.g. OPT's ``word_embed_proj_dim``).
+    """
+    if position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)
+    out = unwrap_peft(model).get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
     )
+    return out.last_hidden_state
+
+
+def _model_logits(model: nn.Module, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    """(B, L, V) logits of the model's own forward (adapters, soft-caps and all)."""
+    return model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).logits
+
+
+def _fused_logprobs(base: nn.Module, fused: _FusedHead, hidden, targets, **kw):
+    """``kernels.linear_logprobs`` of (N, H) hidden states through ``base``'s lm_head."""
+    head = base.get_output_embeddings()
+    return kernels.linear_logprobs(
+        hidden, head.weight, targets, bias=head.bias,
+        logit_scale=fused.logit_scale, softcap=fused.softcap, **kw,
+    )
+
+
+@contextmanager
+def eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off) and no graph for the duration; each module's own mode (train or
+    eval) is restored afterwards, so probing a training model changes nothing."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _probe_tolerance(logits: torch.Tensor) -> float:
+    """Largest log-prob gap two correct paths can show: a few roundings of the largest finite
+    logit in the model's logits dtype (they are rounded to it), floored for fp32."""
+    finite = logits[torch.isfinite(logits)].float()
+    top = float(finite.abs().max()) if finite.numel() else 0.0
+    return max(1e-4, 8 * torch.finfo(logits.dtype).eps * (1.0 + top))
+
+
+def _gap(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| in fp32, with equal infinities counting as agreement."""
+    got, want = got.float(), want.float()
+    return float(torch.where(got == want, 0.0, (got - want).abs()).max())
+
+
+def _probe_gap(model: nn.Module, base: nn.Module, fused: _FusedHead, device) -> tuple[float, float]:
+    """(gap, tolerance) between the fused route and the model's own logits on one fixed sequence
+    of ``_PROBE_TOKENS`` tokens: target log-probs and entropies through the kernels, and the
+    whole (P-1, V) log-softmax of the head applied by hand (which also sees every other token)."""
+    head = base.get_output_embeddings()
+    vocab = min(head.weight.shape[0], base.get_input_embeddings().weight.shape[0])
+    ids = ((torch.arange(_PROBE_TOKENS, device=device) * 7919 + 3) % vocab)[None]  # (1, P)
+    mask, pos = torch.ones_like(ids), torch.arange(_PROBE_TOKENS, device=device)[None]
+    with eval_no_grad(model):
+        hidden = decoder_hidden_states(model, ids, mask, pos)[0, :-1]  # (P-1, H)
+        got = _fused_logprobs(base, fused, hidden, ids[0, 1:], return_entropy=True)
+        logits = _model_logits(model, ids, mask, pos)[0, :-1]  # (P-1, V)
+        want = kernels.sequence_logprobs(logits, ids[0, 1:], return_entropy=True)
+        z = head(hidden).float() * (fused.logit_scale or 1.0)  # (P-1, V)
+        if fused.softcap is not None:
+            z = fused.softcap * torch.tanh(z / fused.softcap)
+        gaps = [_gap(g, w) for g, w in zip(got, want)]
+        gaps.append(_gap(z.log_softmax(-1), logits.float().log_softmax(-1)))
+    return max(gaps), _probe_tolerance(logits)
+
+
+def _probe(model: nn.Module, base: nn.Module, device: torch.device) -> _FusedHead | None:
+    """The fused head when ``_probe_gap`` is within tolerance, else None with one warning."""
+    arch = getattr(base.config, "model_type", type(base).__name__)
+    fused = _FusedHead(*head_transform(base.config))
+    try:
+        gap, tol = _probe_gap(model, base, fused, device)
+    except Exception as err:  # noqa: BLE001 - any failure of the fused route means "not fusable"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        warnings.warn(
+            f"response_logprobs: {arch}: the fused lm_head path failed ({type(err).__name__}: "
+            f"{first[:120]}); using the full (N, V) logits for this model",
+            stacklevel=3,
+        )
+        return None
+    if gap <= tol:
+        return fused
+    warnings.warn(
+        f"response_logprobs: {arch}: fused lm_head log-probs differ from the model's own logits "
+        f"by {gap:.3g} (> {tol:.2g}; logit_scale={fused.logit_scale}, softcap={fused.softcap}); "
+        "using the full (N, V) logits for this model",
+        stacklevel=3,
+    )
+    return None
+
+
+def fused_head(model: nn.Module, device: torch.device | None = None) -> _FusedHead | None:
+    """The verdict for ``model``: its fused head, or None for the full-logits path.
+
+    Probed once per model object (see ``_probe``) and remembered; later calls are a dict lookup.
+    """
+    base = unwrap_peft(model)
+    if base in _VERDICTS:
+        return _VERDICTS[base]
+    if device is None:
+        device = next(base.parameters()).device
+    verdict = _probe(model, base, device)
+    _VERDICTS[base] = verdict
+    return verdict
 
 
 def response_logprobs(
@@ -47,6 +212,11 @@ def response_logprobs(
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of each response token under ``model``, 0 elsewhere.
+
+    The first call for a model object probes whether its logits are exactly
+    ``softcap(scale * lm_head(hidden))`` (``fused_head``); if so, log-probs come from the hidden
+    states through ``kernels.linear_logprobs`` (no (B, L, V) logits), else from the model's own
+    logits through ``kernels.sequence_logprobs``.
 
     Args:
         model: a causal LM (HF ``PreTrainedModel`` or a peft wrapper of one).
@@ -62,33 +232,15 @@ def response_logprobs(
     mask = response_mask.bool().clone()
     mask[:, 0] = False  # the first token has no context to be predicted from
     position_ids = position_ids_from_mask(attention_mask)
-    base = _unwrap(model)
-    if _fusable(model):
-        out = base.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        )
-        hidden = out.last_hidden_state[:, :-1][
-            mask[:, 1:]
-        ]  # (N, H): only rows predicting response tokens
-        head = base.get_output_embeddings()
-        result = kernels.linear_logprobs(
-            hidden,
-            head.weight,
-            input_ids[mask],
-            bias=head.bias,
-            temperature=temperature,
-            return_entropy=return_entropy,
-        )
+    fused = fused_head(model, input_ids.device)
+    kw = {"temperature": temperature, "return_entropy": return_entropy}
+    if fused is not None:
+        hidden = decoder_hidden_states(model, input_ids, attention_mask, position_ids)
+        hidden = hidden[:, :-1][mask[:, 1:]]  # (N, H): only rows predicting response tokens
+        result = _fused_logprobs(unwrap_peft(model), fused, hidden, input_ids[mask], **kw)
     else:
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).logits
-        result = kernels.sequence_logprobs(
-            logits[:, :-1][mask[:, 1:]],
-            input_ids[mask],
-            temperature=temperature,
-            return_entropy=return_entropy,
-        )
+        logits = _model_logits(model, input_ids, attention_mask, position_ids)  # (B, L, V)
+        result = kernels.sequence_logprobs(logits[:, :-1][mask[:, 1:]], input_ids[mask], **kw)
     return (
         _scatter(result, mask) if not return_entropy else tuple(_scatter(r, mask) for r in result)
     )
@@ -114,7 +266,7 @@ def sequence_scores(
     Returns:
         (B,) fp32 scores.
     """
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     position_ids = position_ids_from_mask(attention_mask)
     head = getattr(base, "score", None)
     backbone = getattr(base, base.base_model_prefix, None)

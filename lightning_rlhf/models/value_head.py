@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_rlhf.models.scoring import position_ids_from_mask
+from lightning_rlhf.models.scoring import decoder_hidden_states
 
 
 class ValueHead(nn.Module):
@@ -71,13 +71,7 @@ def prompt_hidden_states(
     Returns:
         (B, P, H) hidden states (no lm_head, so no (B, P, V) logits).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = base.get_decoder()(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids_from_mask(prompt_mask),
-    )
-    return out.last_hidden_state
+    return decoder_hidden_states(model, prompt_ids, prompt_mask)
 
 
 @dataclass

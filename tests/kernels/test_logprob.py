@@ -7,6 +7,7 @@ Triton runs in the interpreter on CPU (tests/conftest.py); the ``gpu`` tests run
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import pytest
@@ -99,23 +100,39 @@ def _seq_inputs(shape, view, dtype, gen):
     return logits, shape
 
 
+def _plain_z(x: torch.Tensor, temp: float, scale: float | None, cap: float | None):
+    """softcap(scale * x) / temp in x's own dtype, as plain torch (or a model) computes it."""
+    if scale is not None:
+        x = x * scale
+    if cap is not None:
+        x = cap * torch.tanh(x / cap)
+    return x / temp
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", SEQ_CASES, ids=lambda c: c[0])
 def test_sequence_logprobs(case, dtype, backend):
+    _check_sequence(case, dtype, backend)
+
+
+def _check_sequence(case, dtype, backend, scale=None, cap=None, device="cpu"):
+    """Forward and grad of ``sequence_logprobs`` vs the fp32 reference, bar = plain torch."""
     name, shape, temp, ent, ignore, view = case
     gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     logits, shape = _seq_inputs(shape, view, dtype, gen)
-    targets = _targets(shape[:-1], shape[-1], gen, ignore)
+    targets = _targets(shape[:-1], shape[-1], gen, ignore).to(device)
     n_out = 2 if ent else 1
-    cots = [torch.randn(shape[:-1], generator=gen) for _ in range(n_out)]
-    kw = {"temperature": temp, "ignore_index": IGN, "return_entropy": ent}
+    cots = [torch.randn(shape[:-1], generator=gen).to(device) for _ in range(n_out)]
+    logits = logits.to(device)
+    kw = {"temperature": temp, "ignore_index": IGN, "return_entropy": ent,
+          "logit_scale": scale, "softcap": cap}
 
     def ours(x):
         return sequence_logprobs(x, targets, backend=backend, chunk_rows=5, **kw)
 
     def plain(x):  # plain torch in the input dtype: the bar we hold ourselves to
-        logp_all = torch.log_softmax(x / temp, dim=-1)  # (B, T, V) in dtype
+        logp_all = torch.log_softmax(_plain_z(x, temp, scale, cap), dim=-1)  # (B, T, V) in dtype
         valid = targets != IGN
         lp = logp_all.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
         lp = torch.where(valid, lp, 0)
@@ -152,6 +169,11 @@ LIN_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", LIN_CASES, ids=lambda c: c[0])
 def test_linear_logprobs(case, dtype, backend):
+    _check_linear(case, dtype, backend)
+
+
+def _check_linear(case, dtype, backend, scale=None, cap=None, device="cpu"):
+    """Forward and every input grad of ``linear_logprobs`` vs the fp32 reference."""
     name, hshape, V, has_bias, temp, ent, ignore, view, chunk = case
     gen = torch.Generator().manual_seed(zlib.crc32(name.encode()) + 1)
     H = hshape[-1]
@@ -161,9 +183,12 @@ def test_linear_logprobs(case, dtype, backend):
         hidden = torch.randn(*hshape, generator=gen).to(dtype)
     weight = (torch.randn(V, H, generator=gen) * (2 / H**0.5)).to(dtype)
     bias = torch.randn(V, generator=gen).to(dtype) if has_bias else None
-    targets = _targets(hidden.shape[:-1], V, gen, ignore)
-    cots = [torch.randn(targets.shape, generator=gen) for _ in range(2 if ent else 1)]
-    kw = {"temperature": temp, "ignore_index": IGN, "return_entropy": ent}
+    targets = _targets(hidden.shape[:-1], V, gen, ignore).to(device)
+    cots = [torch.randn(targets.shape, generator=gen).to(device) for _ in range(2 if ent else 1)]
+    hidden, weight = hidden.to(device), weight.to(device)
+    bias = None if bias is None else bias.to(device)
+    kw = {"temperature": temp, "ignore_index": IGN, "return_entropy": ent,
+          "logit_scale": scale, "softcap": cap}
     inputs = [hidden, weight] + ([bias] if has_bias else [])
 
     def ours(h, w, b=None):
@@ -171,7 +196,7 @@ def test_linear_logprobs(case, dtype, backend):
 
     def plain(h, w, b=None):  # full logits and log-softmax in the input dtype
         logits = h @ w.t() if b is None else h @ w.t() + b  # (B, T, V)
-        logp_all = torch.log_softmax(logits / temp, dim=-1)  # (B, T, V)
+        logp_all = torch.log_softmax(_plain_z(logits, temp, scale, cap), dim=-1)  # (B, T, V)
         valid = targets != IGN
         lp = torch.where(valid, logp_all.gather(-1, targets.clamp(min=0)[..., None])[..., 0], 0)
         if not ent:
@@ -190,6 +215,56 @@ def test_linear_logprobs(case, dtype, backend):
                                   g_low, inputs):
         assert g.dtype == x.dtype, f"{gname}: dtype {g.dtype} != input dtype {x.dtype}"
         _assert_close(gname, g, r, lo)
+
+
+# Soft-capping and logit scaling: small odd shapes (the interpreter is slow), logits large enough
+# for the cap to bite (|scale * x| up to ~4c). (name, logit_scale, softcap): scale alone
+# (Cohere/Granite), cap alone (Gemma), both; each on a 3-D strided case with temperature and
+# entropy, and the combination also on a flat 2-D case without them.
+TRANSFORMS = [("scale", 0.37, None), ("cap", None, 2.5), ("scale_cap", 3.0, 4.0)]
+SEQ_TF_CASES = [(("tf_odd", (3, 7, 67), 0.7, True, "row", "slice"), t) for t in TRANSFORMS] + [
+    (("tf_flat", (9, 33), 1.0, False, "some", None), TRANSFORMS[2])]
+LIN_TF_CASES = [(("tf_odd", (3, 11, 16), 131, True, 0.7, True, "row", None, 8), t)
+                for t in TRANSFORMS] + [
+    (("tf_flat", (9, 8), 33, False, 1.0, False, "some", None, 3), TRANSFORMS[2])]
+
+
+def _tf_id(pair) -> str:
+    return f"{pair[0][0]}-{pair[1][0]}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("pair", SEQ_TF_CASES, ids=_tf_id)
+def test_sequence_logprobs_softcap_scale(pair, dtype, backend):
+    (case, (_, scale, cap)) = pair
+    _check_sequence(case, dtype, backend, scale=scale, cap=cap)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("pair", LIN_TF_CASES, ids=_tf_id)
+def test_linear_logprobs_softcap_scale(pair, dtype, backend):
+    (case, (_, scale, cap)) = pair
+    _check_linear(case, dtype, backend, scale=scale, cap=cap)
+
+
+def test_reference_softcap_scale_by_hand():
+    """The reference is log_softmax(c tanh(s z / c) / T), entropy -sum p log p, worked in fp64."""
+    z = torch.tensor([[1.5, -2.0, 30.0, 0.25], [-40.0, 3.0, 0.0, 7.0]])  # (N, V)
+    s, c, T = 0.5, 5.0, 2.0
+    capped = [[c * math.tanh(s * v / c) / T for v in row] for row in z.tolist()]
+    lse = [math.log(sum(math.exp(u) for u in row)) for row in capped]
+    targets = torch.tensor([2, 0])
+    want = torch.tensor([capped[i][int(t)] - lse[i] for i, t in enumerate(targets)],
+                        dtype=torch.float64)
+    want_ent = torch.tensor([-sum(math.exp(u - m) * (u - m) for u in row)
+                             for row, m in zip(capped, lse)], dtype=torch.float64)
+    logp, ent = sequence_logprobs_ref(z, targets, temperature=T, logit_scale=s, softcap=c,
+                                      return_entropy=True)
+    torch.testing.assert_close(logp.double(), want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ent.double(), want_ent, atol=1e-6, rtol=1e-6)
+    assert logp[0] > -1.0  # the capped 30 still wins, but by far less than uncapped (~ -1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -264,6 +339,9 @@ def test_shape_and_type_errors():
         sequence_logprobs(logits, torch.zeros(2, 3, dtype=torch.long), temperature=0.0)
     with pytest.raises(ValueError, match="weight"):
         linear_logprobs(torch.randn(2, 3, 4), torch.randn(5, 6), torch.zeros(2, 3).long())
+    for bad in ({"softcap": 0.0}, {"logit_scale": -1.0}, {"softcap": float("inf")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            sequence_logprobs(logits, torch.zeros(2, 3, dtype=torch.long), **bad)
 
 
 # --- compiled Triton on a GPU (skipped here; run with TRITON_INTERPRET=0 pytest -m gpu) ---------
@@ -329,3 +407,15 @@ def test_linear_logprobs_gpu(dtype):
             _assert_close(f"{backend} {name}", o, r, lo)
         for name, o, r, lo in zip(["grad_hidden", "grad_weight", "grad_bias"], g_got, g_ref, g_low):
             _assert_close(f"{backend} {name}", o, r, lo)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("tf", TRANSFORMS, ids=lambda t: t[0])
+def test_softcap_scale_gpu(tf, dtype):
+    """Compiled Triton (and the torch path on CUDA) with soft-capping / scaling, both ops."""
+    seq = ("tf_gpu", (4, 300, 32003), 0.7, True, "row", "slice")
+    lin = ("tf_gpu", (3, 257, 256), 32003, True, 0.7, True, "row", None, None)
+    for backend in BACKENDS:
+        _check_sequence(seq, dtype, backend, scale=tf[1], cap=tf[2], device="cuda")
+        _check_linear(lin, dtype, backend, scale=tf[1], cap=tf[2], device="cuda")
