@@ -386,6 +386,8 @@ class _RowChecker:
             many = isinstance(values, list)
             parsed = []
             for value in values if many else [values]:
+                if value is not None and not isinstance(value, str):
+                    raise self.fail(row, field, f"expected text, got {type(value).__name__}")
                 try:
                     prompt, response = parse_hh(value or "")
                 except ValueError as err:

@@ -82,6 +82,12 @@ def test_hh_pair_with_different_prompts_names_the_row():
     assert_one_line(err, "data.jsonl", "row 1", "same prompt")
 
 
+def test_hh_transcript_that_is_not_text_names_row_and_column():
+    with pytest.raises(DataError) as err:
+        prepare([{"text": 7}], "response", {"response": "text"}, hh_format=True)
+    assert_one_line(err, "row 0", "'text'", "expected text, got int")
+
+
 def test_hh_transcript_without_assistant_names_row_and_column():
     rows = [{"text": "\n\nHuman: a\n\nAssistant: x"}, {"text": "no turns here"}]
     with pytest.raises(DataError) as err:
