@@ -11,7 +11,7 @@ from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.data.formats import DataError
 from lightning_rlhf.models import ModelConfig, load_causal_lm
 from lightning_rlhf.strategies import UnsupportedStrategyError, check_strategy
-from tests.algorithms.e2e import TINY, run_fit, tiny_policy
+from tests.algorithms.e2e import CONFIGS, TINY, run_fit, tiny_policy
 
 
 def _setup(path, format: str = "response", **kw) -> RLHFDataModule:
@@ -24,6 +24,22 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     message = str(err.value)
     assert "\n" not in message, f"error is not one line: {message!r}"
     return message
+
+
+def cli_error(capsys, config: str, root, *extra: str) -> str:
+    """Run ``fit`` of ``configs/<config>`` (tiny policy, one step) through the real entry point;
+    asserts exit code 2 and returns the one error line it printed."""
+    from lightning_rlhf.cli import main
+
+    args = ["fit", "--config", str(CONFIGS / config), "--trainer.default_root_dir", str(root)]
+    args += ["--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"]
+    args += ["--data.num_train", "16", "--data.num_val", "8", *tiny_policy(), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 def _jsonl(path, rows) -> str:
@@ -149,3 +165,15 @@ def test_online_generation_past_the_models_context(tmp_path):
     too_long = ["--model.init_args.max_new_tokens", "60", "--data.num_val", "8"]
     with pytest.raises(ValueError, match=r"max_new_tokens = 76 exceeds the model's context of 64"):
         run_fit("rloo/arithmetic.yaml", tmp_path, *tiny_policy(), *too_long, steps=1)
+
+
+def test_scorer_that_cannot_be_loaded_through_the_cli(tmp_path, capsys):
+    """Used to end in "'GRPO' object has no attribute 'reward_fn'": the AttributeError raised
+    while loading the scorer inside the ``reward_fn`` property made Python fall back to
+    ``nn.Module.__getattr__``; reward errors are now a ValueError naming the spec."""
+    reward = "lightning_rlhf.data.tasks.arithmetic:nope"
+    line = cli_error(capsys, "grpo/arithmetic.yaml", tmp_path, "--model.init_args.reward", reward)
+    assert line == (
+        f"error: RewardError: reward spec {reward!r}: module "
+        "'lightning_rlhf.data.tasks.arithmetic' has no 'nope'"
+    )

@@ -96,7 +96,12 @@ def _from_config(
 
 
 def _load(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, auto_cls, **kwargs
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    auto_cls,
+    *,
+    require_all_weights: bool = False,
+    **kwargs,
 ) -> PreTrainedModel:
     _check_source(cfg)
     if cfg.config is not None:
@@ -104,10 +109,11 @@ def _load(
     else:
         extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
         try:
-            model = auto_cls.from_pretrained(
+            loaded = auto_cls.from_pretrained(
                 cfg.name_or_path,
                 dtype=DTYPES[cfg.dtype],
                 trust_remote_code=cfg.trust_remote_code,
+                output_loading_info=require_all_weights,
                 **extra,
                 **kwargs,
                 **cfg.extra,
@@ -115,6 +121,9 @@ def _load(
         except OSError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise OSError(f"model: could not load {cfg.name_or_path!r}: {first}") from err
+        model = loaded[0] if require_all_weights else loaded
+        if require_all_weights and loaded[1]["missing_keys"]:
+            raise UntrainedWeightsError(cfg.name_or_path, sorted(loaded[1]["missing_keys"]))
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
@@ -145,13 +154,38 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.M
     return _load(cfg, tokenizer, AutoModelForCausalLM)
 
 
-def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+class UntrainedWeightsError(ValueError):
+    """A saved model whose weights lack some of the loaded class's parameters (a policy export
+    given as a reward model: ``transformers`` would start its score head at random)."""
+
+    def __init__(self, path: str, missing: list[str]) -> None:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        super().__init__(
+            f"reward model {path!r} has no trained score head (its weights lack {shown}; "
+            "transformers would initialise them at random): is it a policy export? Give a "
+            "reward-model export (trained with lightning_rlhf.algorithms.RewardModel) or a "
+            "scorer 'module:function'"
+        )
+
+
+def load_reward_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, require_trained_head: bool = False
+) -> nn.Module:
     """Return a scalar-head sequence classifier (``num_labels=1``): ours, or any HF one.
 
-    Loading a causal-LM checkpoint here (e.g. the SFT policy) keeps its backbone and adds a
-    freshly initialised score head.
+    Loading a causal-LM checkpoint here (e.g. the SFT policy, to start reward-model training)
+    keeps its backbone and adds a freshly initialised score head; with ``require_trained_head``
+    (scoring with the model as it is) that is refused with :class:`UntrainedWeightsError`.
     """
-    return _load(cfg, tokenizer, AutoModelForSequenceClassification, num_labels=1)
+    return _load(
+        cfg,
+        tokenizer,
+        AutoModelForSequenceClassification,
+        require_all_weights=require_trained_head,
+        num_labels=1,
+    )
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
