@@ -77,7 +77,31 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         if os.environ.get("LIGHTNING_RLHF_DEBUG") == "1":
             raise
+        err = unwrap_config_error(err)
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
         print("(set LIGHTNING_RLHF_DEBUG=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def unwrap_config_error(err: BaseException) -> BaseException:
+    """The error an ``__init__`` check raised, out of the errors jsonargparse wraps it in.
+
+    A class given by ``class_path`` is instantiated inside a Union (the model's type is
+    ``RLHFModule | None``), so jsonargparse re-raises a failing ``__init__`` check as "Does not
+    validate against any of the Union subtypes" with the real error as its ``__cause__``; every
+    error raised by jsonargparse itself is unwrapped down to its first cause raised elsewhere.
+    """
+    while err.__cause__ is not None and _raised_in(err, "jsonargparse"):
+        err = err.__cause__
+    return err
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    """Whether the frame that raised ``err`` belongs to ``package``."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.data.collate import pad
 from lightning_rlhf.data.priority import PrioritySampler
 from lightning_rlhf.demo import DemoStage
@@ -155,6 +156,9 @@ class ALoL(FrozenReference, RLHFModule):
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
+        check_range(self, "kl_beta", kl_beta, ge=0)
+        check_range(self, "gold_floor", gold_floor, ge=0, le=1)
         self.variant, self.reward_spec = variant, reward
         self.value_options = value_head or ValueHeadOptions()
         self.reference: nn.Module | None = None

@@ -14,6 +14,7 @@ import torch
 import kernels
 from lightning_rlhf.algorithms.online import OnlineRLModule, timed
 from lightning_rlhf.algorithms.ppo import online_stage
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.critic_free import (
     grpo_advantages,
     grpo_loss,
@@ -42,6 +43,7 @@ class SequencePolicyGradient(OnlineRLModule):
 
     def __init__(self, policy: ModelConfig, clip_eps: float = 0.2, **kwargs: Any) -> None:
         super().__init__(policy, **kwargs)
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
 
     def penalised_scores(self, exp: Experience) -> torch.Tensor:
         """(N,) R - beta * (l_old - l_ref): the reward with the sequence KL folded in."""
@@ -133,6 +135,7 @@ class GRPO(OnlineRLModule):
         if samples_per_prompt < 2:
             raise ValueError(f"GRPO: samples_per_prompt must be >= 2, got {samples_per_prompt}")
         super().__init__(policy, samples_per_prompt=samples_per_prompt, kl_beta=kl_beta, **kwargs)
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
 
     def compute_advantages(self, exp: Experience, timings: dict[str, float]) -> None:
         scores = exp.scores.view(-1, exp.group_size)  # (G, K)

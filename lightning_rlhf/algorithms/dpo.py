@@ -13,6 +13,7 @@ import torch
 
 from lightning_rlhf.algorithms.alol import FrozenReference
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.preference import dpo_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
@@ -70,6 +71,8 @@ class DPO(FrozenReference, RLHFModule):
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
+        check_range(self, "beta", beta, gt=0)
+        check_range(self, "label_smoothing", label_smoothing, ge=0, lt=0.5)
         self.reference = None
         self.skipped_pairs = 0
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.models import ModelConfig, frozen_copy, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import kl_penalty, sequence_kl
@@ -95,14 +96,17 @@ class OnlineRLModule(RLHFModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
-        _check_positive(
-            samples_per_prompt=samples_per_prompt,
-            max_new_tokens=max_new_tokens,
-            ppo_epochs=ppo_epochs,
-            grad_accum=grad_accum,
-        )
-        if temperature <= 0:
-            raise ValueError(f"{type(self).__name__}: temperature must be > 0, got {temperature}")
+        check_range(self, "samples_per_prompt", samples_per_prompt, ge=1)
+        check_range(self, "max_new_tokens", max_new_tokens, ge=1)
+        check_range(self, "temperature", temperature, gt=0)
+        check_range(self, "top_p", top_p, gt=0, le=1)
+        check_range(self, "top_k", top_k, ge=0)
+        check_range(self, "ppo_epochs", ppo_epochs, ge=1)
+        check_range(self, "minibatch_size", minibatch_size, ge=1)
+        check_range(self, "grad_accum", grad_accum, ge=1)
+        check_range(self, "max_grad_norm", max_grad_norm, gt=0)
+        check_range(self, "kl_beta", kl_beta, ge=0)
+        check_range(self, "reward_clip", reward_clip, gt=0)
         self.automatic_optimization = False
         self.kl_beta = float(kl_beta)
         self.last_rollout_kl = 0.0
@@ -352,13 +356,6 @@ class OnlineRLModule(RLHFModule):
         self.kl_beta = float(state.get("kl_beta", self.kl_beta))
         if self.reward_moments is not None and state.get("reward_moments"):
             self.reward_moments.load_state_dict(state["reward_moments"])
-
-
-def _check_positive(**values: int) -> None:
-    """One-line error for the first non-positive count."""
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"online RL: {name} must be >= 1, got {value}")
 
 
 def sequence_logprob_sum(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 
 from lightning_rlhf.algorithms.online import OnlineRLModule, sequence_logprob_sum
 from lightning_rlhf.algorithms.ppo import RM_EXPORT, online_stage
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.p3o import p3o_loss
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.rl.buffer import Experience
@@ -60,6 +61,8 @@ class P3O(OnlineRLModule):
             normalize_reward=normalize_reward,
             **kwargs,
         )
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
+        check_range(self, "weight_cap", weight_cap, ge=1)
 
     def compute_advantages(self, exp: Experience, timings: dict[str, float]) -> None:
         """Nothing to precompute: the pair's reward gap is formed inside the loss (it holds the

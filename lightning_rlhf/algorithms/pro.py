@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.demo import DemoStage
 from lightning_rlhf.losses.preference import pro_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
@@ -44,6 +45,7 @@ class PRO(RLHFModule):
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
+        check_range(self, "sft_weight", sft_weight, ge=0)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         ids, am, rm = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
