@@ -12,10 +12,12 @@ import os
 import sys
 
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_rlhf.algorithms import RLHFModule
 from lightning_rlhf.algorithms.base import NonFiniteLossError
+from lightning_rlhf.cli_errors import OneLineErrorParser, unwrap_config_error
 from lightning_rlhf.data import RLHFDataModule
 
 
@@ -55,16 +57,18 @@ def _logger(name: str, root: str) -> Namespace:
     return Namespace(class_path=f"lightning.pytorch.loggers.{name}", init_args=init_args)
 
 
-#: errors that mean "the input is wrong" (data, config values, paths, strategy, a run that kept
-#: producing NaN): the CLI prints their one-line message instead of a traceback
-USER_ERRORS = (ValueError, OSError, NonFiniteLossError)
+#: errors that mean "the input is wrong" (data, config values, paths, strategy, Trainer settings
+#: Lightning refuses, a run that kept producing NaN): the CLI prints their one-line message
+#: instead of a traceback
+USER_ERRORS = (ValueError, OSError, NonFiniteLossError, MisconfigurationException)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m lightning_rlhf`` and the ``lightning-rlhf`` script.
 
-    An input error ends the process with its one-line message and exit code 2; set
-    ``LIGHTNING_RLHF_DEBUG=1`` to get the traceback instead.
+    An input error ends the process with its one-line message and exit code 2 (a failing
+    ``__init__`` check is unwrapped from jsonargparse's report, a bad config key or value names
+    its key and YAML file); set ``LIGHTNING_RLHF_DEBUG=1`` to get the traceback instead.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
 
             demo_main(args[1:])
         else:
-            RLHFCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+            parser_class = type("Parser", (OneLineErrorParser,), {"argv": args})
+            RLHFCLI(args=argv, parser_class=parser_class)  # None: LightningCLI reads sys.argv
     except USER_ERRORS as err:
         if os.environ.get("LIGHTNING_RLHF_DEBUG") == "1":
             raise
@@ -82,26 +87,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
         print("(set LIGHTNING_RLHF_DEBUG=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def unwrap_config_error(err: BaseException) -> BaseException:
-    """The error an ``__init__`` check raised, out of the errors jsonargparse wraps it in.
-
-    A class given by ``class_path`` is instantiated inside a Union (the model's type is
-    ``RLHFModule | None``), so jsonargparse re-raises a failing ``__init__`` check as "Does not
-    validate against any of the Union subtypes" with the real error as its ``__cause__``; every
-    error raised by jsonargparse itself is unwrapped down to its first cause raised elsewhere.
-    """
-    while err.__cause__ is not None and _raised_in(err, "jsonargparse"):
-        err = err.__cause__
-    return err
-
-
-def _raised_in(err: BaseException, package: str) -> bool:
-    """Whether the frame that raised ``err`` belongs to ``package``."""
-    tb = err.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename

@@ -27,18 +27,19 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def cli_error(capsys, config: str, root, *extra: str) -> str:
-    """Run ``fit`` of ``configs/<config>`` (tiny policy, one step) through the real entry point;
-    asserts exit code 2 and returns the one error line it printed."""
+    """Run ``fit`` of ``configs/<config>`` (or a config file path; tiny policy, one step) through
+    the real entry point; asserts exit code 2, no usage screen, and returns the one error line."""
     from lightning_rlhf.cli import main
 
     args = ["fit", "--config", str(CONFIGS / config), "--trainer.default_root_dir", str(root)]
-    args += ["--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.max_steps=1", "--trainer.enable_progress_bar", "false"]
     args += ["--data.num_train", "16", "--data.num_val", "8", *tiny_policy(), *extra]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
-    assert len(lines) == 1, lines
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "usage:" not in err and "Traceback" not in err, err
     return lines[0]
 
 
@@ -231,3 +232,94 @@ def test_dpo_beta_through_the_cli(tmp_path, capsys):
     """The unwrapped message works for every algorithm, not only the online ones."""
     line = cli_error(capsys, "dpo/arithmetic.yaml", tmp_path, "--model.init_args.beta", "0")
     assert line == "error: ValueError: DPO: beta must be > 0, got 0.0"
+
+
+def _config_with(tmp_path, old: str, new: str) -> str:
+    """configs/grpo/arithmetic.yaml with ``old`` replaced by ``new``, written under tmp_path."""
+    text = (CONFIGS / "grpo" / "arithmetic.yaml").read_text()
+    assert old in text
+    path = tmp_path / "typo.yaml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "max_new_tokens: 6",
+            "max_new_tokenz: 6",
+            "model.init_args.max_new_tokenz (in {path}): not a known option; "
+            "did you mean 'model.init_args.max_new_tokens'?",
+        ),
+        (
+            "  batch_size: 16",
+            "  batch_sise: 16",
+            "data.batch_sise (in {path}): not a known option; did you mean 'data.batch_size'?",
+        ),
+        (
+            "  max_steps: 25",
+            "  max_stepz: 25",
+            "trainer.max_stepz (in {path}): not a known option; did you mean 'trainer.max_steps'?",
+        ),
+        (
+            "max_new_tokens: 6",
+            "max_new_tokens: six",
+            "model.init_args.max_new_tokens (in {path}): Expected a <class 'int'>. Got value: six",
+        ),
+        (
+            "policy: {name_or_path: runs/sft/export}",
+            "policy: {name_or_path: runs/sft/export",
+            "{path}: not valid YAML: expected ',' or '}}', but got ':' (line 26, column 11)",
+        ),
+    ],
+)
+def test_bad_yaml_key_or_value_names_the_file(tmp_path, capsys, monkeypatch, old, new, message):
+    """A typo'd key, a wrong type or broken YAML in a config file: one line naming the key and
+    the file (a misspelt key gets the closest accepted one), not a usage screen."""
+    monkeypatch.delenv("LIGHTNING_RLHF_DEBUG", raising=False)
+    path = _config_with(tmp_path, old, new)
+    line = cli_error(capsys, path, tmp_path)
+    assert line == "error: ConfigError: " + message.format(path=path)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (
+            "--model.init_args.policy.nme_or_path=x",
+            "model.init_args.policy.nme_or_path (command line): not a known option; "
+            "did you mean 'model.init_args.policy.name_or_path'?",
+        ),
+        (
+            "--data.format=pairs",
+            "data.format (command line): Expected a typing.Literal['prompt', 'response', 'pair', "
+            "'ranked']. Got value: pairs",
+        ),
+        (
+            "--model.class_path=lightning_rlhf.algorithms.GRPOO",
+            "model.class_path (command line): module 'lightning_rlhf.algorithms' has no "
+            "attribute 'GRPOO'",
+        ),
+    ],
+)
+def test_bad_command_line_key_or_value(tmp_path, capsys, monkeypatch, flag, message):
+    monkeypatch.delenv("LIGHTNING_RLHF_DEBUG", raising=False)
+    line = cli_error(capsys, "grpo/arithmetic.yaml", tmp_path, flag)
+    assert line == "error: ConfigError: " + message
+
+
+def test_trainer_setting_lightning_refuses(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LIGHTNING_RLHF_DEBUG", raising=False)
+    line = cli_error(capsys, "grpo/arithmetic.yaml", tmp_path, "--trainer.max_steps=-5")
+    assert line.startswith("error: MisconfigurationException: `max_steps` must be a non-negative")
+
+
+def test_help_is_not_an_error(capsys):
+    """The one-line parser changes errors only: --help still prints the options and exits 0."""
+    from lightning_rlhf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    assert "[--model CONFIG | CLASS_PATH_OR_NAME | .INIT_ARG_NAME VALUE]" in capsys.readouterr().out
