@@ -179,7 +179,7 @@ def jsonl_problem(path: str, text: str) -> str | None:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             return (
-                f"{path}: row {row} (line {line_no}): not valid JSON ({err.msg} at column "
+                f"{path}: row {row} (line {line_no}): not valid JSON ({err.msg}: column "
                 f"{err.colno}); JSON Lines needs one object per line"
             )
         if not isinstance(record, dict):
@@ -217,6 +217,32 @@ def csv_header_mismatch(files: list[str]) -> str | None:
         if header != headers[0]:
             return f"{path}: CSV header {header} differs from {headers[0]} of {files[0]}"
     return None
+
+
+def locate_row(files: list[str], row: int) -> tuple[str, int] | None:
+    """``(file, row within it)`` of row ``row`` of the dataset made of ``files`` in order."""
+    for path in files:
+        count = count_rows(path)
+        if row < count:
+            return path, row
+        row -= count
+    return None
+
+
+def count_rows(path: str) -> int:
+    """Records in one .json/.jsonl/.csv/.parquet file, counted as ``datasets`` reads them."""
+    extension = os.path.splitext(path)[1]
+    if extension == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        text = f.read()
+    if extension == ".csv":
+        return max(0, sum(1 for _ in csv.reader(io.StringIO(text, newline=""))) - 1)
+    if text.lstrip().startswith("[") and _is_one_json_document(text):
+        return len(json.loads(text))
+    return sum(1 for _ in _jsonl_lines(text))
 
 
 def exact_json_values(files: list[str], column: str) -> list[Any]:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import datasets
 
-from lightning_rlhf.data.diagnose import exact_json_values, read_failure
+from lightning_rlhf.data.diagnose import exact_json_values, locate_row, read_failure
 
 Format = Literal["prompt", "response", "pair", "ranked"]
 
@@ -91,6 +91,17 @@ def resolve_files(spec: str) -> list[str] | None:
             raise DataError(f"{part}: no such file")
         files.extend(found)
     return files
+
+
+def local_files(source: str) -> list[str] | None:
+    """The local files behind a source name of an error message, or ``None`` (a built-in task,
+    a hub dataset, or a name that is no file)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return None
+    try:
+        return resolve_files(source)
+    except DataError:
+        return None
 
 
 def load_source(spec: str, split: str = "train") -> datasets.Dataset:
@@ -253,7 +264,7 @@ def _exact_mixed_columns(
     rewards are kept as text and list columns as JSON text, which the row checks parse.
     """
     mixed = [c for c in ds.column_names if _holds_json(ds.features[c])]
-    files = resolve_files(source) if mixed and not source.startswith(BUILTIN_PREFIX) else None
+    files = local_files(source) if mixed else None
     if not files or any(FILE_BUILDERS.get(os.path.splitext(f)[1]) != "json" for f in files):
         return ds
     for column in mixed:
@@ -266,10 +277,8 @@ def _exact_mixed_columns(
         else:
             for row, value in enumerate(values):
                 if value is not None and not isinstance(value, str):
-                    raise DataError(
-                        f"{source}: row {row}, column {column!r}: expected text, got "
-                        f"{type(value).__name__} {_one_line(value)}"
-                    )
+                    what = f"expected text, got {type(value).__name__} {_one_line(value)}"
+                    raise row_error(source, row, column, what)
         ds = ds.remove_columns(column).add_column(column, values)
     return ds
 
@@ -317,6 +326,17 @@ def parse_hh(transcript: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- row validation
 
 
+def row_error(source: str, row: int, column: str | None, what: str) -> DataError:
+    """``source: row R, column 'c': what``; for a source of several files, the file and its row
+    come first (``a.jsonl: row 3, column 'c' (row 10 of data/*.jsonl): what``)."""
+    where = f", column {column!r}" if column else ""
+    files = local_files(source)
+    found = locate_row(files, row) if files and len(files) > 1 else None
+    if found is not None:
+        return DataError(f"{found[0]}: row {found[1]}{where} (row {row} of {source}): {what}")
+    return DataError(f"{source}: row {row}{where}: {what}")
+
+
 class _RowChecker:
     """Batched ``Dataset.map`` function normalising rows of one format (see :func:`validate`)."""
 
@@ -330,8 +350,7 @@ class _RowChecker:
 
     def fail(self, row: int, field: str | None, what: str) -> DataError:
         """A one-line error naming the source, row and (original) column."""
-        where = f"row {row}" + (f", column {self.fields.get(field, field)!r}" if field else "")
-        return DataError(f"{self.source}: {where}: {what}")
+        return row_error(self.source, row, self.fields.get(field, field) if field else None, what)
 
     def reward(self, row: int, field: str, value: Any) -> float:
         """``value`` as a finite float, or a :class:`DataError` naming the row."""
@@ -346,7 +365,9 @@ class _RowChecker:
     def text(self, row: int, field: str, value: Any) -> str | None:
         """``value`` as a non-empty string; ``None`` (drop the row) or an error when empty."""
         if value is not None and not isinstance(value, str):
-            raise self.fail(row, field, f"expected text, got {type(value).__name__}")
+            columnar = row == 0 and isinstance(value, list)  # {"prompt": [...], ...}: one row
+            hint = "; give one object per row, not one object of column lists" if columnar else ""
+            raise self.fail(row, field, f"expected text, got {type(value).__name__}{hint}")
         if value is None or not value.strip():
             if self.drop_empty:
                 return None

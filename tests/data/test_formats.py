@@ -252,7 +252,7 @@ def test_mixed_json_columns_keep_text_that_looks_like_json(tmp_path):
         (
             "garbage.jsonl",
             '{"prompt": "a"}\n{"prompt": "b"} x\n',
-            "garbage.jsonl: row 1 (line 2): not valid JSON (Extra data at column 17)",
+            "garbage.jsonl: row 1 (line 2): not valid JSON (Extra data: column 17)",
         ),
         (
             "list_row.jsonl",
@@ -298,6 +298,14 @@ def test_mixed_and_unsupported_file_types(tmp_path):
     with pytest.raises(DataError) as err:
         load_source(_write(tmp_path / "c.jsonl.gz", b"\x1f\x8b"))
     assert_one_line(err, "unsupported file type .gz; use .json/.jsonl/.parquet/.csv files")
+
+
+def test_column_oriented_json_file(tmp_path):
+    path = _write(tmp_path / "columns.json", json.dumps({"prompt": ["a", "c"], "response": ["b"]}))
+    ds, fields = map_columns(load_source(path), "response", source=path)
+    with pytest.raises(DataError) as err:
+        validate(ds, "response", fields, source=path)
+    assert_one_line(err, "row 0, column 'prompt': expected text, got list; give one object per row")
 
 
 def test_json_list_file_is_read(tmp_path):
@@ -536,3 +544,26 @@ def test_render_chat_prompts_without_template_is_one_line_error():
     with pytest.raises(DataError) as err:
         render_chat_prompts(["1+2="], tok)
     assert_one_line(err, "no chat template")
+
+
+@pytest.mark.parametrize(
+    "ext, first, second",
+    [
+        (
+            "jsonl",
+            _jsonl_rows([{"prompt": "p", "response": "r"}] * 3),
+            "\n" + _jsonl_rows([{"prompt": "p", "response": "r"}, {"prompt": "p", "response": ""}]),
+        ),
+        ("csv", 'prompt,response\n"a\nb",r\np,r\np,r\n', "prompt,response\np,r\np,\n"),
+    ],
+)
+def test_row_of_a_multi_file_source_names_the_file_and_its_row(tmp_path, ext, first, second):
+    """Blank JSON Lines lines and quoted CSV newlines are no rows; the error names the second
+    file's row 1, which is row 4 of the whole dataset."""
+    _write(tmp_path / f"a.{ext}", first)
+    _write(tmp_path / f"b.{ext}", second)
+    spec = str(tmp_path / f"*.{ext}")
+    ds, fields = map_columns(load_source(spec), "response", source=spec)
+    with pytest.raises(DataError) as err:
+        validate(ds, "response", fields, source=spec)
+    assert_one_line(err, f"b.{ext}: row 1, column 'response' (row 4 of {spec}): empty response")
