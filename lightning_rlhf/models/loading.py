@@ -114,6 +114,7 @@ def _load(
                 dtype=DTYPES[cfg.dtype],
                 trust_remote_code=cfg.trust_remote_code,
                 output_loading_info=require_all_weights,
+                ignore_mismatched_sizes=require_all_weights,  # reported below, in one line
                 **extra,
                 **kwargs,
                 **cfg.extra,
@@ -122,8 +123,8 @@ def _load(
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise OSError(f"model: could not load {cfg.name_or_path!r}: {first}") from err
         model = loaded[0] if require_all_weights else loaded
-        if require_all_weights and loaded[1]["missing_keys"]:
-            raise UntrainedWeightsError(cfg.name_or_path, sorted(loaded[1]["missing_keys"]))
+        if require_all_weights:
+            _check_all_weights_loaded(cfg.name_or_path, loaded[1])
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
@@ -155,18 +156,27 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.M
 
 
 class UntrainedWeightsError(ValueError):
-    """A saved model whose weights lack some of the loaded class's parameters (a policy export
-    given as a reward model: ``transformers`` would start its score head at random)."""
+    """A saved model whose weights do not fill the loaded class (a policy export given as a
+    reward model, or a classifier with more than one output): ``transformers`` would start the
+    missing or mis-shaped parameters at random."""
 
-    def __init__(self, path: str, missing: list[str]) -> None:
-        shown = ", ".join(missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+
+def _check_all_weights_loaded(path: str, info: dict) -> None:
+    """Refuse a reward-model export whose score head is missing or mis-shaped (one line)."""
+    missing = sorted(info["missing_keys"])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UntrainedWeightsError(
+            f"reward model {path!r} has no trained score head (its weights lack "
+            f"{', '.join(missing[:3])}{more}; transformers would initialise them at random): is it "
+            "a policy export? Give a reward-model export (trained with "
+            "lightning_rlhf.algorithms.RewardModel) or a scorer 'module:function'"
         )
-        super().__init__(
-            f"reward model {path!r} has no trained score head (its weights lack {shown}; "
-            "transformers would initialise them at random): is it a policy export? Give a "
-            "reward-model export (trained with lightning_rlhf.algorithms.RewardModel) or a "
-            "scorer 'module:function'"
+    if info["mismatched_keys"]:
+        key, saved, wanted = sorted(info["mismatched_keys"])[0]
+        raise UntrainedWeightsError(
+            f"reward model {path!r}: {key} has shape {list(saved)} but a reward model's has "
+            f"{list(wanted)} (one score per sequence, num_labels=1)"
         )
 
 

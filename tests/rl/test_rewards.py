@@ -178,3 +178,20 @@ def test_a_zero_variance_start_does_not_blow_rewards_up():
     out = normalize_rewards(torch.tensor([0.0, 1.0]), moments, clip=None)
     assert moments.std > 1e-3
     torch.testing.assert_close(out, torch.tensor([0.0, 1.0]) / moments.std)
+
+
+def test_classifier_with_two_outputs_given_as_reward_is_refused(tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tok = get_tokenizer("arithmetic")
+    options = {k: v for k, v in TINY.items() if k != "model_type"}
+    config = AutoConfig.for_model(TINY["model_type"], vocab_size=len(tok), num_labels=2, **options)
+    export = export_pretrained(
+        AutoModelForSequenceClassification.from_config(config), tok, tmp_path / "two_labels"
+    )
+    with pytest.raises(UntrainedWeightsError) as info:
+        load_reward(str(export))
+    assert str(info.value) == (
+        f"reward model {str(export)!r}: score.weight has shape [2, 32] but a reward model's has "
+        "[1, 32] (one score per sequence, num_labels=1)"
+    )
