@@ -6,7 +6,8 @@ re-read the files with Python's own parsers, only after a load has failed (the h
 for them), and say what is wrong where: an empty file, a CSV with a header and no rows, a byte that
 is not UTF-8, a JSON Lines line that is not JSON or not an object, a CSV record with too many
 fields, CSV files with different headers. :func:`exact_json_values` recovers the values of a JSON
-column that ``datasets`` stored as ``Json`` because it mixes types.
+column that ``datasets`` stored as ``Json`` because it mixes types; :func:`locate_row` turns a row
+of a dataset read from several files into the file and its own row.
 
 Rows count records from 0 (the header of a CSV and blank JSON Lines lines are not rows), as in every
 other data error; JSON Lines errors add the 1-based line number an editor shows.
