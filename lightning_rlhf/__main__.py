@@ -1,6 +1,26 @@
-"""``python -m lightning_rlhf``: see :mod:`lightning_rlhf.cli`."""
+"""``python -m lightning_rlhf {fit,validate,test,predict,demo}``: ``demo`` runs
+:mod:`lightning_rlhf.demo`, the rest :func:`lightning_rlhf.cli.main` (the demo builds on the CLI,
+so the CLI itself does not know the demo)."""
 
-from lightning_rlhf.cli import main
+from __future__ import annotations
+
+import sys
+
+from lightning_rlhf.cli import main as cli_main
+from lightning_rlhf.cli import one_line_errors
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m lightning_rlhf`` and the ``lightning-rlhf`` script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "demo":
+        from lightning_rlhf.demo import main as demo_main
+
+        with one_line_errors():
+            demo_main(args[1:])
+    else:
+        cli_main(argv)
+
 
 if __name__ == "__main__":
     main()

@@ -7,18 +7,22 @@ typed ``__init__`` signatures, so a wrong key gets a one-line error naming it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_rlhf.algorithms import RLHFModule
 from lightning_rlhf.algorithms.base import NonFiniteLossError
 from lightning_rlhf.callbacks.resume import check_resume_config
+from lightning_rlhf.cli_errors import OneLineErrorParser, unwrap_config_error
 from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.io import REQUIRED_KEYS, RESUME_KEYS, resolve_checkpoint
 
@@ -109,29 +113,36 @@ def _logger(class_path: str, root: str) -> Namespace:
     return Namespace(class_path=class_path, init_args=init_args)
 
 
-#: errors that mean "the input is wrong" (data, config values, paths, strategy, a run that kept
-#: producing NaN): the CLI prints their one-line message instead of a traceback
-USER_ERRORS = (ValueError, OSError, NonFiniteLossError)
+#: errors that mean "the input is wrong" (data, config values, paths, strategy, Trainer settings
+#: Lightning refuses, a run that kept producing NaN): the CLI prints their one-line message
+#: instead of a traceback
+USER_ERRORS = (ValueError, OSError, NonFiniteLossError, MisconfigurationException)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m lightning_rlhf`` and the ``lightning-rlhf`` script.
-
-    An input error ends the process with its one-line message and exit code 2; set
-    ``LIGHTNING_RLHF_DEBUG=1`` to get the traceback instead.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """An input error (:data:`USER_ERRORS`) raised in the block ends the process with its
+    one-line message and exit code 2 (a failing ``__init__`` check unwrapped from jsonargparse's
+    report); with ``LIGHTNING_RLHF_DEBUG=1`` it propagates with its traceback instead."""
     try:
-        if args and args[0] == "demo":
-            from lightning_rlhf.demo import main as demo_main
-
-            demo_main(args[1:])
-        else:
-            RLHFCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+        yield
     except USER_ERRORS as err:
         if os.environ.get("LIGHTNING_RLHF_DEBUG") == "1":
             raise
+        err = unwrap_config_error(err)
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
         print("(set LIGHTNING_RLHF_DEBUG=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``fit | validate | test | predict`` (``python -m lightning_rlhf`` adds ``demo``).
+
+    An input error ends the process with its one-line message and exit code 2 (a bad config key
+    or value names its key and YAML file); see :func:`one_line_errors`.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    with one_line_errors():
+        parser_class = type("Parser", (OneLineErrorParser,), {"argv": args})
+        RLHFCLI(args=argv, parser_class=parser_class)  # None: LightningCLI reads sys.argv

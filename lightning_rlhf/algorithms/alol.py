@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.alol import VARIANTS, alol_loss
 from lightning_rlhf.losses.supervised import sft_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
@@ -75,6 +76,9 @@ class ALoL(RLHFModule):
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
+        check_range(self, "kl_beta", kl_beta, ge=0)
+        check_range(self, "gold_floor", gold_floor, ge=0, le=1)
         self.variant = variant
         self.value_options = value_head or ValueHeadOptions()
         self.value_head: torch.nn.Module | None = None

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.models import ModelConfig, build_reference, load_causal_lm, reference_model
 from lightning_rlhf.strategies import check_strategy, reshard_after_step, shard_causal_lm
 
@@ -64,6 +65,12 @@ class RLHFModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_range(self, "lr", lr, gt=0)
+        check_range(self, "weight_decay", weight_decay, ge=0)
+        check_range(self, "betas[0]", betas[0], ge=0, lt=1)
+        check_range(self, "betas[1]", betas[1], ge=0, lt=1)
+        check_range(self, "warmup_steps", warmup_steps, ge=0)
+        check_range(self, "max_nonfinite_steps", max_nonfinite_steps, ge=1)
         self.policy_config = policy
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None  # pi_ref (None: not needed, or LoRA adapter-off)

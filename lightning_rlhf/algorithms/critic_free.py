@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_rlhf.algorithms.online import OnlineRLModule, timed
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.critic_free import (
     accumulation_weights,
     check_clip_range,
@@ -45,6 +46,7 @@ class SequencePolicyGradient(OnlineRLModule):
 
     def __init__(self, policy: ModelConfig, clip_eps: float = 0.2, **kwargs: Any) -> None:
         super().__init__(policy, **kwargs)
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
 
     def penalised_scores(self, exp: Experience) -> torch.Tensor:
         """(N,) R - beta * (l_old - l_ref): the reward with the sequence KL folded in."""
@@ -150,6 +152,7 @@ class GRPO(OnlineRLModule):
         if samples_per_prompt < 2:
             raise ValueError(f"GRPO: samples_per_prompt must be >= 2, got {samples_per_prompt}")
         super().__init__(policy, samples_per_prompt=samples_per_prompt, kl_beta=kl_beta, **kwargs)
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
         check_clip_range(*self.clip_range, delta, where="GRPO")
 
     def compute_advantages(self, exp: Experience, timings: dict[str, float]) -> None:

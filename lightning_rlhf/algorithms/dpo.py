@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.data.collate import flatten_candidates
 from lightning_rlhf.losses.masked import masked_sum
 from lightning_rlhf.losses.preference import DPO_LOSSES, dpo_loss
@@ -75,6 +76,8 @@ class DPO(RLHFModule):
                              f"{list(DPO_LOSSES)}")  # fmt: skip
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
+        check_range(self, "beta", beta, gt=0)
+        check_range(self, "label_smoothing", label_smoothing, ge=0, lt=0.5)
         self.skipped_pairs = 0
 
     def needs_reference(self) -> bool:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.critic_free import (
     ZeroVarianceWatch,
     check_clip_range,
@@ -121,14 +122,17 @@ class OnlineRLModule(RLHFModule):
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
         check_clip_range(*self.clip_range, None, where=type(self).__name__)
-        _check_positive(
-            samples_per_prompt=samples_per_prompt,
-            max_new_tokens=max_new_tokens,
-            ppo_epochs=ppo_epochs,
-            grad_accum=grad_accum,
-        )
-        if temperature <= 0:
-            raise ValueError(f"{type(self).__name__}: temperature must be > 0, got {temperature}")
+        check_range(self, "samples_per_prompt", samples_per_prompt, ge=1)
+        check_range(self, "max_new_tokens", max_new_tokens, ge=1)
+        check_range(self, "temperature", temperature, gt=0)
+        check_range(self, "top_p", top_p, gt=0, le=1)
+        check_range(self, "top_k", top_k, ge=0)
+        check_range(self, "ppo_epochs", ppo_epochs, ge=1)
+        check_range(self, "minibatch_size", minibatch_size, ge=1)
+        check_range(self, "grad_accum", grad_accum, ge=1)
+        check_range(self, "max_grad_norm", max_grad_norm, gt=0)
+        check_range(self, "kl_beta", kl_beta, ge=0)
+        check_range(self, "reward_clip", reward_clip, gt=0)
         self.automatic_optimization = False
         #: the one owner of the KL coefficient (checkpointed with the module)
         self.kl_controller = (
@@ -441,10 +445,4 @@ class OnlineRLModule(RLHFModule):
         if self.reward_moments is not None and state.get("reward_moments"):
             self.reward_moments.load_state_dict(state["reward_moments"])
 
-
-def _check_positive(**values: int) -> None:
-    """One-line error for the first non-positive count."""
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"online RL: {name} must be >= 1, got {value}")
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_rlhf.algorithms.online import OnlineRLModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.masked import masked_sum
 from lightning_rlhf.losses.p3o import p3o_loss
 from lightning_rlhf.models import ModelConfig
@@ -58,6 +59,8 @@ class P3O(OnlineRLModule):
             normalize_reward=normalize_reward,
             **kwargs,
         )
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
+        check_range(self, "weight_cap", weight_cap, ge=1)
         if self.clip_range[0] != self.clip_range[1]:
             raise ValueError(f"P3O: its objective clips symmetrically; got clip_low, clip_high = "
                              f"{self.clip_range}")  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_rlhf.algorithms.online import OnlineRLModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.ppo import gae_advantages, policy_loss, value_loss
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.models.critic import ValueModel, critic_from_policy, critic_from_reward_model
@@ -58,6 +59,12 @@ class PPO(OnlineRLModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, **kwargs)
+        check_range(self, "critic_lr", critic_lr, gt=0)
+        check_range(self, "vf_coef", vf_coef, ge=0)
+        check_range(self, "value_clip", value_clip, gt=0)
+        check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
+        check_range(self, "gamma", gamma, ge=0, le=1)
+        check_range(self, "lam", lam, ge=0, le=1)
         self.critic: ValueModel | None = None
 
     # --- PPO's own pieces ---------------------------------------------------------------------
@@ -169,6 +176,7 @@ class MAPPO(PPO):
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, whiten_advantages=whiten_advantages, **kwargs)
+        check_range(self, "n", n, ge=1)
 
     def segments(self, exp: Experience) -> torch.Tensor:
         """(N, T) macro-action ids of the responses under the configured rule."""

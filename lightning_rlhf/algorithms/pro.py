@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from lightning_rlhf.algorithms.base import RLHFModule
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.data.collate import flatten_candidates
 from lightning_rlhf.losses.preference import pro_loss
 from lightning_rlhf.models import ModelConfig, response_logprobs
@@ -35,6 +36,7 @@ class PRO(RLHFModule):
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
         self.save_hyperparameters()
+        check_range(self, "sft_weight", sft_weight, ge=0)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         ids, rm = batch["input_ids"], batch["response_mask"]

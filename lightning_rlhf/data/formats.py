@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import datasets
 
+from lightning_rlhf.data.diagnose import exact_json_values, locate_row, read_failure
+
 Format = Literal["prompt", "response", "pair", "ranked"]
 
 # format -> (required fields, optional fields); names are ours, ``columns`` maps them to the data's
@@ -91,6 +93,17 @@ def resolve_files(spec: str) -> list[str] | None:
     return files
 
 
+def local_files(source: str) -> list[str] | None:
+    """The local files behind a source name of an error message, or ``None`` (a built-in task,
+    a hub dataset, or a name that is no file)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return None
+    try:
+        return resolve_files(source)
+    except DataError:
+        return None
+
+
 def load_source(spec: str, split: str = "train") -> datasets.Dataset:
     """Load local files (``.json/.jsonl/.parquet/.csv``; glob, directory or comma list) or a hub
     dataset ``split`` as a ``datasets.Dataset`` with the source's own columns."""
@@ -103,25 +116,62 @@ def load_source(spec: str, split: str = "train") -> datasets.Dataset:
                 f"{spec}: could not load hub dataset split {split!r}: "
                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             ) from err
-    kinds = {FILE_BUILDERS.get(os.path.splitext(f)[1]) for f in files}
-    if None in kinds or len(kinds) != 1:
-        raise DataError(f"{spec}: files must all be one of {'/'.join(FILE_BUILDERS)} (got {files})")
-    kind = kinds.pop()
-    options = _csv_options(files[0]) if kind == "csv" else {}
+    kind = _file_kind(spec, files)
+    for path in files:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{path}: the file is empty")
     try:
-        return datasets.load_dataset(kind, data_files=files, split="train", **options)
-    except Exception as err:  # noqa: BLE001 - re-raised as one line, naming the files
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise DataError(f"{spec}: could not read: {type(err).__name__}: {first}") from err
+        ds = _load_files(kind, files)
+    except Exception as err:  # noqa: BLE001 - re-raised as one line, naming the file
+        raise DataError(read_failure(files, kind) or _read_error(spec, err)) from err
+    if len(ds) == 0:
+        raise DataError(read_failure(files, kind) or f"{spec}: no rows")
+    return ds
+
+
+def _file_kind(spec: str, files: list[str]) -> str:
+    """The one ``datasets`` builder (json/parquet/csv) reading every file of ``files``."""
+    extensions = sorted({os.path.splitext(f)[1] or "(none)" for f in files})
+    unsupported = [e for e in extensions if e not in FILE_BUILDERS]
+    if unsupported:
+        raise DataError(
+            f"{spec}: unsupported file type {', '.join(unsupported)}; "
+            f"use {'/'.join(FILE_BUILDERS)} files"
+        )
+    kinds = {FILE_BUILDERS[e] for e in extensions}
+    if len(kinds) != 1:
+        raise DataError(
+            f"{spec}: mixes file types {', '.join(extensions)}; give files of one type "
+            "(e.g. a glob such as dir/*.jsonl)"
+        )
+    return kinds.pop()
+
+
+def _load_files(kind: str, files: list[str]) -> datasets.Dataset:
+    """``datasets.load_dataset(kind, data_files=files)``; JSON strings are checked to be UTF-8
+    (Arrow's JSON reader does not check, and a bad byte would surface much later)."""
+    options = _csv_options(files[0]) if kind == "csv" else {}
+    ds = datasets.load_dataset(kind, data_files=files, split="train", **options)
+    if kind == "json":
+        ds.data.table.validate(full=True)
+    return ds
+
+
+def _read_error(spec: str, err: Exception) -> str:
+    """``spec: could not read: <the innermost error's first line>``."""
+    while err.__cause__ is not None and str(err).startswith("An error occurred while generating"):
+        err = err.__cause__  # datasets' DatasetGenerationError wraps the real error
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{spec}: could not read: {type(err).__name__}: {first}"
 
 
 def _csv_options(path: str) -> dict[str, Any]:
     """Read every CSV column as text, empty cells as "" (so "42" stays a string and an empty
-    cell is reported as empty; rewards are parsed later)."""
-    with open(path, newline="", encoding="utf-8") as f:
+    cell is reported as empty; rewards are parsed later); a UTF-8 byte-order mark is dropped."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
     features = datasets.Features({name: datasets.Value("string") for name in header})
-    return {"features": features, "keep_default_na": False}
+    return {"features": features, "keep_default_na": False, "encoding": "utf-8-sig"}
 
 
 def get_builtin_task(name: str, options: dict[str, Any] | None = None) -> Any:
@@ -183,7 +233,7 @@ def map_columns(
             raise DataError(
                 f"{source}: missing column {column!r} for field {field!r} of the {format!r} "
                 f"format; columns are {ds.column_names}; "
-                f"map one with columns: {{{field}: <column>}}"
+                f"map one with columns: {{{field}: <column>}}{_layout_hint(ds)}"
             )
     pair_rewards = sorted({"chosen_reward", "rejected_reward"} & set(found))
     if format == "pair" and len(pair_rewards) == 1:
@@ -192,6 +242,7 @@ def map_columns(
             f"columns, found only {pair_rewards}; columns are {ds.column_names}"
         )
     ds = ds.select_columns(list(dict.fromkeys(found.values())))
+    ds = _exact_mixed_columns(ds, found, source)
     ds = ds.map(
         lambda b: {f: b[c] for f, c in found.items()},
         batched=True,
@@ -199,6 +250,61 @@ def map_columns(
         keep_in_memory=True,
     )
     return ds, found
+
+
+def _exact_mixed_columns(
+    ds: datasets.Dataset, found: dict[str, str], source: str
+) -> datasets.Dataset:
+    """Replace the ``Json`` columns ``datasets`` makes of JSON columns mixing types (text and
+    numbers, say) by the values as written, so that rows are checked as they are in the file.
+
+    ``datasets`` decodes a text value of such a column that parses as JSON (``"2"``) as that JSON
+    (the number 2), so without this a file with text in rows 0-3 and a number in row 4 was
+    reported at row 0. Text columns must hold text (else an error at the first other row);
+    rewards are kept as text and list columns as JSON text, which the row checks parse.
+    """
+    mixed = [c for c in ds.column_names if _holds_json(ds.features[c])]
+    files = local_files(source) if mixed else None
+    if not files or any(FILE_BUILDERS.get(os.path.splitext(f)[1]) != "json" for f in files):
+        return ds
+    for column in mixed:
+        fields = {f for f, c in found.items() if c == column}
+        values = exact_json_values(files, column)
+        if fields & {"responses", "rewards"}:
+            values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+        elif fields & {"reward", "chosen_reward", "rejected_reward"}:
+            values = [v if v is None or isinstance(v, str) else repr(v) for v in values]
+        else:
+            for row, value in enumerate(values):
+                if value is not None and not isinstance(value, str):
+                    what = f"expected text, got {type(value).__name__} {_one_line(value)}"
+                    raise row_error(source, row, column, what)
+        ds = ds.remove_columns(column).add_column(column, values)
+    return ds
+
+
+def _holds_json(feature: Any) -> bool:
+    """Whether a ``datasets`` feature is, or nests, ``Json`` (a column that mixes types)."""
+    if isinstance(feature, getattr(datasets, "Json", ())):
+        return True
+    if isinstance(feature, dict):
+        return any(_holds_json(f) for f in feature.values())
+    inner = getattr(feature, "feature", None)
+    return inner is not None and _holds_json(inner)
+
+
+def _layout_hint(ds: datasets.Dataset) -> str:
+    """A hint for a missing column: a one-object JSON file, or a CSV split on another
+    delimiter (the one column's name holds ``;`` or a tab)."""
+    names = ds.column_names
+    if len(ds) == 1 and any(isinstance(ds[0][c], list) for c in names):
+        return (
+            "; the file is one JSON object holding lists: give JSON Lines (one object per "
+            "line) or a list of objects"
+        )
+    if len(names) == 1 and any(d in names[0] for d in ";\t|"):
+        return "; the file looks separated by something else than commas: CSV must use ','"
+    return ""
 
 
 # ----------------------------------------------------------------------------- HH transcripts
@@ -220,6 +326,17 @@ def parse_hh(transcript: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- row validation
 
 
+def row_error(source: str, row: int, column: str | None, what: str) -> DataError:
+    """``source: row R, column 'c': what``; for a source of several files, the file and its row
+    come first (``a.jsonl: row 3, column 'c' (row 10 of data/*.jsonl): what``)."""
+    where = f", column {column!r}" if column else ""
+    files = local_files(source)
+    found = locate_row(files, row) if files and len(files) > 1 else None
+    if found is not None:
+        return DataError(f"{found[0]}: row {found[1]}{where} (row {row} of {source}): {what}")
+    return DataError(f"{source}: row {row}{where}: {what}")
+
+
 class _RowChecker:
     """Batched ``Dataset.map`` function normalising rows of one format (see :func:`validate`)."""
 
@@ -233,8 +350,7 @@ class _RowChecker:
 
     def fail(self, row: int, field: str | None, what: str) -> DataError:
         """A one-line error naming the source, row and (original) column."""
-        where = f"row {row}" + (f", column {self.fields.get(field, field)!r}" if field else "")
-        return DataError(f"{self.source}: {where}: {what}")
+        return row_error(self.source, row, self.fields.get(field, field) if field else None, what)
 
     def reward(self, row: int, field: str, value: Any) -> float:
         """``value`` as a finite float, or a :class:`DataError` naming the row."""
@@ -249,7 +365,9 @@ class _RowChecker:
     def text(self, row: int, field: str, value: Any) -> str | None:
         """``value`` as a non-empty string; ``None`` (drop the row) or an error when empty."""
         if value is not None and not isinstance(value, str):
-            raise self.fail(row, field, f"expected text, got {type(value).__name__}")
+            columnar = row == 0 and isinstance(value, list)  # {"prompt": [...], ...}: one row
+            hint = "; give one object per row, not one object of column lists" if columnar else ""
+            raise self.fail(row, field, f"expected text, got {type(value).__name__}{hint}")
         if value is None or not value.strip():
             if self.drop_empty:
                 return None
@@ -289,6 +407,8 @@ class _RowChecker:
             many = isinstance(values, list)
             parsed = []
             for value in values if many else [values]:
+                if value is not None and not isinstance(value, str):
+                    raise self.fail(row, field, f"expected text, got {type(value).__name__}")
                 try:
                     prompt, response = parse_hh(value or "")
                 except ValueError as err:

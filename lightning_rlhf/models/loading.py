@@ -98,7 +98,12 @@ def _from_config(
 
 
 def _load(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, auto_cls, **kwargs
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    auto_cls,
+    *,
+    require_all_weights: bool = False,
+    **kwargs,
 ) -> PreTrainedModel:
     _check_source(cfg)
     if cfg.config is not None:
@@ -106,10 +111,12 @@ def _load(
     else:
         extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
         try:
-            model = auto_cls.from_pretrained(
+            loaded = auto_cls.from_pretrained(
                 cfg.name_or_path,
                 dtype=DTYPES[cfg.dtype],
                 trust_remote_code=cfg.trust_remote_code,
+                output_loading_info=require_all_weights,
+                ignore_mismatched_sizes=require_all_weights,  # reported below, in one line
                 **extra,
                 **kwargs,
                 **cfg.extra,
@@ -117,6 +124,9 @@ def _load(
         except OSError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise OSError(f"model: could not load {cfg.name_or_path!r}: {first}") from err
+        model = loaded[0] if require_all_weights else loaded
+        if require_all_weights:
+            _check_all_weights_loaded(cfg.name_or_path, loaded[1])
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
@@ -147,13 +157,47 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.M
     return _load(cfg, tokenizer, AutoModelForCausalLM)
 
 
-def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+class UntrainedWeightsError(ValueError):
+    """A saved model whose weights do not fill the loaded class (a policy export given as a
+    reward model, or a classifier with more than one output): ``transformers`` would start the
+    missing or mis-shaped parameters at random."""
+
+
+def _check_all_weights_loaded(path: str, info: dict) -> None:
+    """Refuse a reward-model export whose score head is missing or mis-shaped (one line)."""
+    missing = sorted(info["missing_keys"])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UntrainedWeightsError(
+            f"reward model {path!r} has no trained score head (its weights lack "
+            f"{', '.join(missing[:3])}{more}; transformers would initialise them at random): is it "
+            "a policy export? Give a reward-model export (trained with "
+            "lightning_rlhf.algorithms.RewardModel) or a scorer 'module:function'"
+        )
+    if info["mismatched_keys"]:
+        key, saved, wanted = sorted(info["mismatched_keys"])[0]
+        raise UntrainedWeightsError(
+            f"reward model {path!r}: {key} has shape {list(saved)} but a reward model's has "
+            f"{list(wanted)} (one score per sequence, num_labels=1)"
+        )
+
+
+def load_reward_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, require_trained_head: bool = False
+) -> nn.Module:
     """Return a scalar-head sequence classifier (``num_labels=1``): ours, or any HF one.
 
-    Loading a causal-LM checkpoint here (e.g. the SFT policy) keeps its backbone and adds a
-    freshly initialised score head.
+    Loading a causal-LM checkpoint here (e.g. the SFT policy, to start reward-model training)
+    keeps its backbone and adds a freshly initialised score head; with ``require_trained_head``
+    (scoring with the model as it is) that is refused with :class:`UntrainedWeightsError`.
     """
-    return _load(cfg, tokenizer, AutoModelForSequenceClassification, num_labels=1)
+    return _load(
+        cfg,
+        tokenizer,
+        AutoModelForSequenceClassification,
+        require_all_weights=require_trained_head,
+        num_labels=1,
+    )
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:

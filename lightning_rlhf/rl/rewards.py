@@ -3,7 +3,9 @@
 ``load_reward("pkg.module:function")`` wraps a scorer ``(prompts, responses) -> list[float]``;
 ``load_reward("path/to/export")`` scores prompt + response text with a saved sequence classifier
 (ours or any HF one), re-tokenised with ITS tokenizer. Every scorer returns a (B,) fp32 tensor and
-refuses non-finite scores.
+refuses non-finite scores. A spec that cannot be loaded, an export without a trained score head and
+a scorer returning anything but B finite numbers raise a one-line :class:`RewardError` naming the
+spec.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lightning_rlhf.data.collate import pad, tokenize_prompts, tokenize_responses
 from lightning_rlhf.models import ModelConfig, load_reward_model, sequence_scores
+
+
+class RewardError(ValueError):
+    """A reward spec that cannot be loaded, or a scorer that failed or returned something other
+    than one finite number per sample; the message is one line naming the spec."""
 
 
 class RewardFunction(Protocol):
@@ -33,7 +41,7 @@ def _check_finite(scores: torch.Tensor, prompts: list[str], source: str) -> torc
     bad = torch.nonzero(~torch.isfinite(scores))
     if bad.numel():
         i = int(bad[0, 0])
-        raise ValueError(
+        raise RewardError(
             f"reward {source}: non-finite score {scores[i].item()} for sample {i} "
             f"(prompt {prompts[i][:60]!r})"
         )
@@ -42,7 +50,7 @@ def _check_finite(scores: torch.Tensor, prompts: list[str], source: str) -> torc
 
 def _check_lengths(prompts: list[str], responses: list[str], source: str) -> None:
     if len(prompts) != len(responses):
-        raise ValueError(f"reward {source}: {len(prompts)} prompts but {len(responses)} responses")
+        raise RewardError(f"reward {source}: {len(prompts)} prompts but {len(responses)} responses")
 
 
 class PythonReward:
@@ -58,18 +66,56 @@ class PythonReward:
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         _check_lengths(prompts, responses, self.name)
-        out = self.fn(list(prompts), list(responses))
         try:
-            scores = torch.as_tensor(out, dtype=torch.float32).reshape(-1)
-        except (TypeError, ValueError) as err:
-            raise TypeError(
-                f"reward {self.name}: must return a list of floats, got {type(out).__name__}"
-            ) from err
+            out = self.fn(list(prompts), list(responses))
+        except Exception as err:  # noqa: BLE001 - the user's scorer: one line naming it
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise RewardError(f"reward {self.name}: raised {type(err).__name__}: {first}") from err
+        scores = _as_scores(out, self.name)
         if scores.numel() != len(prompts):
-            raise ValueError(
+            raise RewardError(
                 f"reward {self.name}: returned {scores.numel()} scores for {len(prompts)} samples"
             )
         return _check_finite(scores, prompts, self.name)
+
+
+def _as_scores(out: object, name: str) -> torch.Tensor:
+    """A scorer's output (a list/tuple/array/tensor of numbers) as a flat fp32 tensor, or a
+    one-line :class:`RewardError` saying what came back instead."""
+    expected = "it must return one float per sample (a list of B numbers)"
+    if isinstance(out, torch.Tensor | np.ndarray):
+        out = (
+            torch.as_tensor(out)
+            if isinstance(out, torch.Tensor) or out.dtype.kind in "biuf"
+            else out
+        )
+        if not isinstance(out, torch.Tensor) or out.dtype == torch.bool or out.is_complex():
+            raise RewardError(f"reward {name}: returned an array of dtype {out.dtype}; {expected}")
+        return out.detach().float().cpu().reshape(-1)
+    if not isinstance(out, list | tuple):
+        raise RewardError(f"reward {name}: returned {type(out).__name__} {_short(out)}; {expected}")
+    for i, value in enumerate(out):
+        if not _is_number(value):
+            raise RewardError(
+                f"reward {name}: returned a list holding {type(value).__name__} "
+                f"{_short(value)} at index {i}; {expected}"
+            )
+    return torch.tensor([float(v) for v in out], dtype=torch.float32)
+
+
+def _is_number(value: object) -> bool:
+    """A real number: int, float, a numpy scalar or a one-element tensor (not a bool)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """A short one-line repr for error messages."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RewardModelScorer:
@@ -134,20 +180,26 @@ class RewardModelScorer:
 
 
 def _load_python(spec: str) -> PythonReward:
+    """The scorer ``module:function`` names, or a one-line :class:`RewardError`."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"reward spec {spec!r}: expected 'module:function' or a directory")
+        raise RewardError(f"reward spec {spec!r}: expected 'module:function' or a directory")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ImportError(
-            f"reward spec {spec!r}: cannot import module {module_name!r}: {err}"
+    except Exception as err:  # noqa: BLE001 - any import failure is one line naming the spec
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise RewardError(
+            f"reward spec {spec!r}: cannot import module {module_name!r}: "
+            f"{type(err).__name__}: {first}"
         ) from err
     fn = getattr(module, attr, None)
     if fn is None:
-        raise AttributeError(f"reward spec {spec!r}: module {module_name!r} has no {attr!r}")
+        raise RewardError(f"reward spec {spec!r}: module {module_name!r} has no {attr!r}")
     if not callable(fn):
-        raise TypeError(f"reward spec {spec!r}: {attr!r} is not callable")
+        raise RewardError(
+            f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not a callable "
+            "(prompts, responses) -> list[float]"
+        )
     return PythonReward(fn, spec)
 
 
@@ -164,7 +216,9 @@ def _load_model(
                 f"reward spec {str(path)!r}: no loadable tokenizer in the export "
                 f"(pass tokenizer=): {str(err).splitlines()[0] if str(err) else err}"
             ) from err
-    model = load_reward_model(ModelConfig(name_or_path=str(path)), tokenizer)
+    model = load_reward_model(
+        ModelConfig(name_or_path=str(path)), tokenizer, require_trained_head=True
+    )
     return RewardModelScorer(model, tokenizer, name=str(path), **kwargs)
 
 
@@ -189,7 +243,7 @@ def load_reward(
         a callable ``(prompts, responses) -> (B,) fp32 tensor``.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"reward spec must be a non-empty string, got {spec!r}")
+        raise RewardError(f"reward spec must be a non-empty string, got {spec!r}")
     path = Path(spec).expanduser()
     if path.is_dir():
         return _load_model(path, tokenizer, device=device, batch_size=batch_size, **options)

@@ -82,6 +82,12 @@ def test_hh_pair_with_different_prompts_names_the_row():
     assert_one_line(err, "data.jsonl", "row 1", "same prompt")
 
 
+def test_hh_transcript_that_is_not_text_names_row_and_column():
+    with pytest.raises(DataError) as err:
+        prepare([{"text": 7}], "response", {"response": "text"}, hh_format=True)
+    assert_one_line(err, "row 0", "'text'", "expected text, got int")
+
+
 def test_hh_transcript_without_assistant_names_row_and_column():
     rows = [{"text": "\n\nHuman: a\n\nAssistant: x"}, {"text": "no turns here"}]
     with pytest.raises(DataError) as err:
@@ -122,7 +128,205 @@ def test_unreadable_file_is_one_line(tmp_path):
     bad.write_text("{this is not json")
     with pytest.raises(DataError) as err:
         load_source(str(bad))
-    assert_one_line(err, "bad.json", "could not read")
+    assert_one_line(err, "bad.json", "row 0 (line 1): not valid JSON")
+
+
+def _write(path, data: str | bytes):
+    """Write ``data`` (text as UTF-8) to ``path``; returns its name as a string."""
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return str(path)
+
+
+def _jsonl_rows(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_csv_with_utf8_bom_header_is_read(tmp_path):
+    path = _write(tmp_path / "bom.csv", "\ufeffprompt,response\n1+1=,2\n2+2=,4\n")
+    ds = load_source(path)
+    assert ds.column_names == ["prompt", "response"] and ds["prompt"] == ["1+1=", "2+2="]
+
+
+@pytest.mark.parametrize(
+    "name, data, expected",
+    [
+        ("empty.jsonl", "", "empty.jsonl: the file is empty"),
+        ("empty.csv", "", "empty.csv: the file is empty"),
+        ("blank.jsonl", "\n  \n", "blank.jsonl: the file holds only whitespace"),
+        ("header.csv", "prompt,response\n", "header.csv: the CSV has a header (['prompt', "),
+        ("bom_header.csv", "\ufeffprompt\n", "bom_header.csv: the CSV has a header (['prompt'])"),
+    ],
+)
+def test_empty_and_header_only_files(tmp_path, name, data, expected):
+    with pytest.raises(DataError) as err:
+        load_source(_write(tmp_path / name, data))
+    assert_one_line(err, str(tmp_path), expected)
+
+
+def test_empty_file_among_others_is_named(tmp_path):
+    _write(tmp_path / "a.jsonl", '{"prompt": "x"}\n')
+    _write(tmp_path / "b.jsonl", "")
+    with pytest.raises(DataError) as err:
+        load_source(str(tmp_path / "*.jsonl"))
+    assert_one_line(err, "b.jsonl: the file is empty")
+
+
+@pytest.mark.parametrize(
+    "name, data, where",
+    [
+        (
+            "latin1.jsonl",
+            b'{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": "caf\xe9"}\n',
+            "latin1.jsonl: row 1 (line 3), column 'response': byte 0xe9 (file offset 66)",
+        ),
+        (
+            "latin1.csv",
+            b"prompt,response\na,b\nc,d\ncaf\xe9,b\n",
+            "latin1.csv: row 2, column 'prompt': byte 0xe9 (file offset 27)",
+        ),
+        (
+            "latin1.json",
+            b'[{"prompt": "a", "response": "\xe9"}]',
+            "latin1.json: row 0, column 'response': byte 0xe9",
+        ),
+    ],
+)
+def test_invalid_utf8_names_file_row_and_column(tmp_path, name, data, where):
+    with pytest.raises(DataError) as err:
+        load_source(_write(tmp_path / name, data))
+    assert_one_line(err, where, "is not valid UTF-8", "save it as UTF-8")
+
+
+def test_invalid_utf8_past_the_first_chunk(tmp_path, monkeypatch):
+    """The byte offset is exact when the bad byte lies in a later read chunk."""
+    import lightning_rlhf.data.diagnose as diagnose
+
+    monkeypatch.setattr(diagnose, "CHUNK", 7)
+    data = ("prompt\n" + "ab\n" * 5).encode() + b"\xc3(\n"  # a broken 2-byte character
+    path = _write(tmp_path / "late.csv", data)
+    assert diagnose.first_invalid_utf8(path) == (data.index(b"\xc3("), 0xC3)
+    with pytest.raises(DataError) as err:
+        load_source(path)
+    assert_one_line(err, "row 5, column 'prompt': byte 0xc3")
+
+
+def test_utf16_file(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_source(_write(tmp_path / "u16.csv", "prompt\nhi\n".encode("utf-16")))
+    assert_one_line(err, "u16.csv: the file is UTF-16 encoded; save it as UTF-8")
+
+
+def test_number_in_text_column_is_reported_at_its_row(tmp_path):
+    """Text that looks like a number ("1") in rows 0-3 and a number in row 4: ``datasets`` stores
+    the mixed column as Json and decodes "1" as 1, which used to be reported at row 0."""
+    rows = [{"prompt": f"1+{i}=", "response": str(i + 1)} for i in range(6)]
+    rows[4]["response"] = 5
+    path = _write(tmp_path / "num.jsonl", _jsonl_rows(rows))
+    with pytest.raises(DataError) as err:
+        map_columns(load_source(path), "response", source=path)
+    assert_one_line(err, "num.jsonl: row 4, column 'response': expected text, got int 5")
+
+
+def test_mixed_json_columns_keep_text_that_looks_like_json(tmp_path):
+    """A mixed reward column ("2", 1.5) and a mixed ranked list are read as written, so the
+    text "1" stays text and the bad row is the one named."""
+    rows = [
+        {"prompt": "p", "response": "true", "reward": "2"},
+        {"prompt": "q", "response": "1", "reward": 1.5},
+    ]
+    path = _write(tmp_path / "mixed.jsonl", _jsonl_rows(rows))
+    ds, fields = map_columns(load_source(path), "response", source=path)
+    clean, _ = validate(ds, "response", fields, source=path)
+    assert clean["response"] == ["true", "1"] and clean["reward"] == [2.0, 1.5]
+    ranked = [{"prompt": "p", "responses": ["1", "2"]}, {"prompt": "p", "responses": ["1", 2]}]
+    path = _write(tmp_path / "ranked.jsonl", _jsonl_rows(ranked))
+    ds, fields = map_columns(load_source(path), "ranked", source=path)
+    with pytest.raises(DataError) as err:
+        validate(ds, "ranked", fields, source=path)
+    assert_one_line(err, "ranked.jsonl: row 1, column 'responses': expected text, got int")
+
+
+@pytest.mark.parametrize(
+    "name, data, expected",
+    [
+        (
+            "garbage.jsonl",
+            '{"prompt": "a"}\n{"prompt": "b"} x\n',
+            "garbage.jsonl: row 1 (line 2): not valid JSON (Extra data: column 17)",
+        ),
+        (
+            "list_row.jsonl",
+            '{"prompt": "a"}\n[1, 2]\n',
+            "list_row.jsonl: row 1 (line 2): expected a JSON object per line, got list",
+        ),
+        (
+            "ragged.csv",
+            "prompt,response\na,b\nc,d,e,f\n",
+            "ragged.csv: row 1: 4 fields but the header has 2",
+        ),
+        ("empty.parquet", None, "empty.parquet: the parquet file has no rows"),
+        ("broken.parquet", b"PAR1 not really", "broken.parquet: not a readable parquet file"),
+    ],
+)
+def test_unreadable_records_name_file_and_row(tmp_path, name, data, expected):
+    if data is None:
+        datasets.Dataset.from_dict(
+            {"prompt": []}, features=datasets.Features({"prompt": datasets.Value("string")})
+        ).to_parquet(str(tmp_path / name))
+        path = str(tmp_path / name)
+    else:
+        path = _write(tmp_path / name, data)
+    with pytest.raises(DataError) as err:
+        load_source(path)
+    assert_one_line(err, expected)
+
+
+def test_csv_files_with_different_headers(tmp_path):
+    _write(tmp_path / "a.csv", "prompt,response\nx,y\n")
+    _write(tmp_path / "b.csv", "question,answer\nx,y\n")
+    with pytest.raises(DataError) as err:
+        load_source(str(tmp_path / "*.csv"))
+    assert_one_line(err, "b.csv: CSV header ['question', 'answer'] differs from ['prompt', ")
+
+
+def test_mixed_and_unsupported_file_types(tmp_path):
+    _write(tmp_path / "a.jsonl", '{"prompt": "x"}\n')
+    _write(tmp_path / "b.csv", "prompt\nx\n")
+    with pytest.raises(DataError) as err:
+        load_source(str(tmp_path))
+    assert_one_line(err, "mixes file types .csv, .jsonl; give files of one type")
+    with pytest.raises(DataError) as err:
+        load_source(_write(tmp_path / "c.jsonl.gz", b"\x1f\x8b"))
+    assert_one_line(err, "unsupported file type .gz; use .json/.jsonl/.parquet/.csv files")
+
+
+def test_column_oriented_json_file(tmp_path):
+    path = _write(tmp_path / "columns.json", json.dumps({"prompt": ["a", "c"], "response": ["b"]}))
+    ds, fields = map_columns(load_source(path), "response", source=path)
+    with pytest.raises(DataError) as err:
+        validate(ds, "response", fields, source=path)
+    assert_one_line(err, "row 0, column 'prompt': expected text, got list; give one object per row")
+
+
+def test_json_list_file_is_read(tmp_path):
+    """A .json file holding a list of objects (not JSON Lines) is read as rows."""
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
+    ds = load_source(_write(tmp_path / "list.json", json.dumps(rows)))
+    assert ds.to_list() == rows
+
+
+@pytest.mark.parametrize(
+    "name, data, hint",
+    [
+        ("object.json", '{"data": [{"prompt": "a"}]}', "one JSON object holding lists"),
+        ("semicolon.csv", "prompt;response\na;b\n", "separated by something else than commas"),
+    ],
+)
+def test_missing_column_hints_at_the_file_layout(tmp_path, name, data, hint):
+    path = _write(tmp_path / name, data)
+    with pytest.raises(DataError) as err:
+        map_columns(load_source(path), "response", source=path)
+    assert_one_line(err, name, "missing column 'prompt'", hint)
 
 
 # ----------------------------------------------------------------------------- column mapping
@@ -340,3 +544,26 @@ def test_render_chat_prompts_without_template_is_one_line_error():
     with pytest.raises(DataError) as err:
         render_chat_prompts(["1+2="], tok)
     assert_one_line(err, "no chat template")
+
+
+@pytest.mark.parametrize(
+    "ext, first, second",
+    [
+        (
+            "jsonl",
+            _jsonl_rows([{"prompt": "p", "response": "r"}] * 3),
+            "\n" + _jsonl_rows([{"prompt": "p", "response": "r"}, {"prompt": "p", "response": ""}]),
+        ),
+        ("csv", 'prompt,response\n"a\nb",r\np,r\np,r\n', "prompt,response\np,r\np,\n"),
+    ],
+)
+def test_row_of_a_multi_file_source_names_the_file_and_its_row(tmp_path, ext, first, second):
+    """Blank JSON Lines lines and quoted CSV newlines are no rows; the error names the second
+    file's row 1, which is row 4 of the whole dataset."""
+    _write(tmp_path / f"a.{ext}", first)
+    _write(tmp_path / f"b.{ext}", second)
+    spec = str(tmp_path / f"*.{ext}")
+    ds, fields = map_columns(load_source(spec), "response", source=spec)
+    with pytest.raises(DataError) as err:
+        validate(ds, "response", fields, source=spec)
+    assert_one_line(err, f"b.{ext}: row 1, column 'response' (row 4 of {spec}): empty response")

@@ -12,8 +12,15 @@ import pytest
 import torch
 
 from lightning_rlhf.data.tasks import arithmetic, get_tokenizer
-from lightning_rlhf.models import ModelConfig, export_pretrained, load_reward_model, sequence_scores
-from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
+from lightning_rlhf.models import (
+    ModelConfig,
+    export_pretrained,
+    load_causal_lm,
+    load_reward_model,
+    sequence_scores,
+)
+from lightning_rlhf.models.loading import UntrainedWeightsError
+from lightning_rlhf.rl.rewards import RewardError, RunningMoments, load_reward, normalize_rewards
 from tests.algorithms.e2e import TINY
 
 PROMPTS = ["12+30=", "7+5=", "99+99="]
@@ -29,38 +36,90 @@ def test_python_scorer_by_spec():
 
 
 @pytest.fixture
-def fake_module(monkeypatch):
+def fake_module(monkeypatch, tmp_path):
     module = types.ModuleType("fake_rewards_for_tests")
     module.nan_reward = lambda prompts, responses: [0.0, float("nan"), 1.0]
     module.short_reward = lambda prompts, responses: [1.0]
+    module.none_reward = lambda prompts, responses: None
+    module.text_reward = lambda prompts, responses: ["1.0", "0.5", "0"]
+    module.dict_reward = lambda prompts, responses: {"score": [1.0, 0.0, 1.0]}
+    module.bool_reward = lambda prompts, responses: [True, False, True]
+    module.str_reward = lambda prompts, responses: "good"
+    module.failing_reward = lambda prompts, responses: 1 / 0
+    module.one_argument = lambda prompts: [1.0] * len(prompts)
+    module.array_reward = lambda prompts, responses: np.array([0.5, 1, 2], dtype=np.float64)
+    module.tensor_list = lambda prompts, responses: [torch.tensor(1.0)] * len(prompts)
     module.not_callable = 3
     monkeypatch.setitem(sys.modules, module.__name__, module)
+    (tmp_path / "broken_rewards_for_tests.py").write_text("def reward(p, r):\n    return [\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     return module.__name__
 
 
 def test_bad_specs_give_one_line_errors(fake_module, tmp_path):
     cases = [
-        ("no_colon_at_all", ValueError, "module:function"),
-        ("no_such_module_xyz:reward", ImportError, "cannot import module"),
-        ("lightning_rlhf.data.tasks.arithmetic:nope", AttributeError, "has no 'nope'"),
-        (f"{fake_module}:not_callable", TypeError, "not callable"),
-        (str(tmp_path / "missing_dir"), FileNotFoundError, "no such directory"),
-        (str(tmp_path), FileNotFoundError, "no config.json"),
-        ("", ValueError, "non-empty"),
+        ("no_colon_at_all", "expected 'module:function' or a directory"),
+        ("no_such_module_xyz:reward", "cannot import module 'no_such_module_xyz'"),
+        ("broken_rewards_for_tests:reward", "cannot import module 'broken_rewards_for_tests': "),
+        ("lightning_rlhf.data.tasks.arithmetic:nope", "has no 'nope'"),
+        (f"{fake_module}:not_callable", "'not_callable' is a int, not a callable"),
+        ("", "non-empty"),
     ]
-    for spec, error, message in cases:
-        with pytest.raises(error, match=message) as info:
+    for spec, message in cases:
+        with pytest.raises(RewardError) as info:
+            load_reward(spec)
+        assert message in str(info.value) and "\n" not in str(info.value)
+        assert spec in str(info.value)
+    for spec, message in [
+        (str(tmp_path / "missing_dir"), "no such directory"),
+        (str(tmp_path), "no config.json"),
+    ]:
+        with pytest.raises(FileNotFoundError, match=message) as info:
             load_reward(spec)
         assert "\n" not in str(info.value)
 
 
-def test_scorer_output_checks(fake_module):
-    with pytest.raises(ValueError, match=r"non-finite score nan for sample 1 \(prompt '7\+5='\)"):
-        load_reward(f"{fake_module}:nan_reward")(PROMPTS, RESPONSES)
-    with pytest.raises(ValueError, match="returned 1 scores for 3 samples"):
-        load_reward(f"{fake_module}:short_reward")(PROMPTS, RESPONSES)
-    with pytest.raises(ValueError, match="3 prompts but 2 responses"):
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("nan_reward", r"non-finite score nan for sample 1 \(prompt '7\+5='\)"),
+        ("short_reward", "returned 1 scores for 3 samples"),
+        ("none_reward", "returned NoneType None; it must return one float per sample"),
+        ("text_reward", "returned a list holding str '1.0' at index 0; it must return one float"),
+        ("dict_reward", r"returned dict \{'score': \[1.0, 0.0, 1.0\]\}; it must return"),
+        ("bool_reward", "returned a list holding bool True at index 0"),
+        ("str_reward", "returned str 'good'; it must return one float per sample"),
+        ("failing_reward", "raised ZeroDivisionError: division by zero"),
+        ("one_argument", r"raised TypeError: .*takes 1 positional argument but 2 were given"),
+    ],
+)
+def test_scorer_output_checks(fake_module, name, message):
+    with pytest.raises(RewardError, match=f"^reward {fake_module}:{name}: {message}") as info:
+        load_reward(f"{fake_module}:{name}")(PROMPTS, RESPONSES)
+    assert "\n" not in str(info.value)
+
+
+def test_scorer_outputs_that_are_numbers(fake_module):
+    scores = load_reward(f"{fake_module}:array_reward")(PROMPTS, RESPONSES)
+    assert scores.dtype == torch.float32 and scores.tolist() == [0.5, 1.0, 2.0]
+    assert load_reward(f"{fake_module}:tensor_list")(PROMPTS, RESPONSES).tolist() == [1.0] * 3
+    with pytest.raises(RewardError, match="3 prompts but 2 responses"):
         load_reward("lightning_rlhf.data.tasks.arithmetic:reward")(PROMPTS, RESPONSES[:2])
+
+
+def test_policy_export_given_as_reward_is_refused(tmp_path):
+    """A causal-LM export has no score head: transformers would add a random one."""
+    tok = get_tokenizer("arithmetic")
+    policy = load_causal_lm(ModelConfig(config=TINY), tok)
+    export = export_pretrained(policy, tok, tmp_path / "policy")
+    with pytest.raises(UntrainedWeightsError) as info:
+        load_reward(str(export))
+    message = str(info.value)
+    assert isinstance(info.value, ValueError) and "\n" not in message
+    assert f"reward model {str(export)!r} has no trained score head" in message
+    assert "lack score.weight;" in message
+    # training a reward model from that same policy export still starts from a fresh head
+    assert load_reward_model(ModelConfig(name_or_path=str(export)), tok).score.weight.shape[0] == 1
 
 
 def test_reward_model_export_scored_back(tmp_path):
@@ -119,3 +178,20 @@ def test_a_zero_variance_start_does_not_blow_rewards_up():
     out = normalize_rewards(torch.tensor([0.0, 1.0]), moments, clip=None)
     assert moments.std > 1e-3
     torch.testing.assert_close(out, torch.tensor([0.0, 1.0]) / moments.std)
+
+
+def test_classifier_with_two_outputs_given_as_reward_is_refused(tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tok = get_tokenizer("arithmetic")
+    options = {k: v for k, v in TINY.items() if k != "model_type"}
+    config = AutoConfig.for_model(TINY["model_type"], vocab_size=len(tok), num_labels=2, **options)
+    export = export_pretrained(
+        AutoModelForSequenceClassification.from_config(config), tok, tmp_path / "two_labels"
+    )
+    with pytest.raises(UntrainedWeightsError) as info:
+        load_reward(str(export))
+    assert str(info.value) == (
+        f"reward model {str(export)!r}: score.weight has shape [2, 32] but a reward model's has "
+        "[1, 32] (one score per sequence, num_labels=1)"
+    )
