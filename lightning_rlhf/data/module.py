@@ -19,6 +19,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from lightning_rlhf.checks import check_range
 from lightning_rlhf.data.collate import RLHFCollator, tokenize_dataset
 from lightning_rlhf.data.formats import (
     BUILTIN_PREFIX,
@@ -160,6 +161,9 @@ class RLHFDataModule(LightningDataModule):
             raise DataError(f"val_split must lie in [0, 1), got {self.val_split}")
         if self.format == "ranked" and self.ranked_k < 2:
             raise DataError(f"ranked_k must be >= 2, got {self.ranked_k}")
+        check_range("data", "batch_size", self.batch_size, ge=1)
+        check_range("data", "eval_batch_size", self.eval_batch_size, ge=1)
+        check_range("data", "num_workers", self.num_workers, ge=0)
 
     # ------------------------------------------------------------------------- tokenizer
 

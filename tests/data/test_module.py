@@ -345,3 +345,16 @@ def test_chat_template_missing_and_val_split_errors(tmp_path):
     assert_untouched_error(dm, "no chat template")
     with pytest.raises(DataError, match="val_split"):
         RLHFDataModule(val_split=1.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("batch_size", 0, "data: batch_size must be >= 1, got 0"),
+        ("eval_batch_size", -2, "data: eval_batch_size must be >= 1, got -2"),
+        ("num_workers", -1, "data: num_workers must be >= 0, got -1"),
+    ],
+)
+def test_loader_options_are_range_checked(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        RLHFDataModule(**{option: value})
