@@ -13,6 +13,9 @@ from lightning_rlhf.models import ModelConfig, load_causal_lm
 from lightning_rlhf.strategies import UnsupportedStrategyError, check_strategy
 from tests.algorithms.e2e import CONFIGS, TINY, run_fit, tiny_policy
 
+ARITHMETIC_REWARD = "lightning_rlhf.data.tasks.arithmetic:reward"
+CLIP_RANGE = "need 0 <= clip_low < 1 and clip_high >= 0"  # the online clip-range check
+
 
 def _setup(path, format: str = "response", **kw) -> RLHFDataModule:
     data = RLHFDataModule(dataset=str(path), format=format, val_split=0, **kw)
@@ -136,7 +139,7 @@ def test_strategy_the_algorithm_cannot_use():
     from lightning_rlhf.algorithms.p3o import P3O
     from lightning_rlhf.algorithms.sft import SFT
 
-    online = P3O(ModelConfig(config=TINY), reward="lightning_rlhf.data.tasks.arithmetic:reward")
+    online = P3O(ModelConfig(config=TINY), reward=ARITHMETIC_REWARD)
     with pytest.raises(UnsupportedStrategyError) as err:
         check_strategy(online, FSDPStrategy())
     message = _one_line(err)
@@ -151,7 +154,7 @@ def test_ppo_refuses_fsdp2_because_its_critic_would_drift():
     from lightning_rlhf.strategies import FSDP2Strategy
 
     for cls in (PPO, MAPPO):
-        module = cls(ModelConfig(config=TINY))
+        module = cls(ModelConfig(config=TINY), reward=ARITHMETIC_REWARD)
         with pytest.raises(UnsupportedStrategyError) as err:
             check_strategy(module, FSDP2Strategy())
         message = _one_line(err)
@@ -189,7 +192,7 @@ def test_scorer_that_cannot_be_loaded_through_the_cli(tmp_path, capsys):
         ("temperature", "-1", "GRPO: temperature must be > 0, got -1.0"),
         ("kl_beta", "-0.1", "GRPO: kl_beta must be >= 0, got -0.1"),
         ("top_p", "1.5", "GRPO: top_p must be in (0, 1], got 1.5"),
-        ("clip_eps", "1.5", "GRPO: clip_eps must be in (0, 1), got 1.5"),
+        ("clip_eps", "1.5", f"GRPO: {CLIP_RANGE}, got clip_low=1.5, clip_high=1.5"),
         ("lr", "0", "GRPO: lr must be > 0, got 0.0"),
         ("betas", "[0.9, 1.0]", "GRPO: betas[1] must be in [0, 1), got 1.0"),
     ],
@@ -208,7 +211,7 @@ def test_init_checks_reach_the_cli_as_their_own_line(tmp_path, capsys, option, v
         ("ppo.PPO", {"lam": 1.5}, "PPO: lam must be in [0, 1], got 1.5"),
         ("ppo.PPO", {"vf_coef": -1.0}, "PPO: vf_coef must be >= 0, got -1.0"),
         ("ppo.MAPPO", {"n": 0}, "MAPPO: n must be >= 1, got 0"),
-        ("critic_free.RLOO", {"clip_eps": 1.0}, "RLOO: clip_eps must be in (0, 1), got 1.0"),
+        ("critic_free.RLOO", {"clip_eps": 1.0}, f"RLOO: {CLIP_RANGE}, got clip_low=1.0, clip_high=1.0"),
         ("p3o.P3O", {"weight_cap": 0.5}, "P3O: weight_cap must be >= 1, got 0.5"),
         ("p3o.P3O", {"reward_clip": 0.0}, "P3O: reward_clip must be > 0, got 0.0"),
         ("dpo.DPO", {"beta": 0.0}, "DPO: beta must be > 0, got 0.0"),
@@ -223,6 +226,8 @@ def test_every_algorithm_range_checks_its_hyperparameters(name, kwargs, message)
 
     module, cls = name.split(".")
     algorithm = getattr(importlib.import_module(f"lightning_rlhf.algorithms.{module}"), cls)
+    if module in ("ppo", "critic_free", "p3o", "alol"):  # they score with a required reward
+        kwargs = {"reward": ARITHMETIC_REWARD, **kwargs}
     with pytest.raises(ValueError) as err:
         algorithm(ModelConfig(config=TINY), **kwargs)
     assert _one_line(err) == message
