@@ -25,6 +25,7 @@ from lightning_rlhf.losses.critic_free import (
     zero_variance_groups,
 )
 from lightning_rlhf.losses.kl import kl_penalty, sequence_kl
+from lightning_rlhf.losses.masked import masked_mean
 from lightning_rlhf.models import ModelConfig, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController
@@ -318,7 +319,7 @@ class OnlineRLModule(RLHFModule):
             "kl_k1": seq_kl.mean(),
             "kl_k3": k3.mean(),
             "kl_beta": self.kl_beta,
-            "entropy": (entropy * mask).sum() / mask.sum().clamp(min=1),
+            "entropy": masked_mean(entropy, mask),
             "response_length": mask.sum(-1).float().mean(),
             "truncated_frac": truncated_rows(exp.response_ids, mask, self.tokenizer.eos_token_id)
             .float()

@@ -17,6 +17,7 @@ import torch
 
 import kernels
 from lightning_rlhf.losses.kl import kl_penalty
+from lightning_rlhf.losses.masked import masked_mean
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -126,8 +127,7 @@ def reinforce_loss(
 
 def _token_mean(x: torch.Tensor, mask: torch.Tensor, max_tokens: int | None) -> torch.Tensor:
     """sum of valid x / number of valid tokens (TRL "bnpo"; DAPO within one minibatch)."""
-    m = mask.float()
-    return (x * m).sum() / m.sum().clamp(min=1.0)
+    return masked_mean(x, mask)
 
 
 def _seq_mean(x: torch.Tensor, mask: torch.Tensor, max_tokens: int | None) -> torch.Tensor:

@@ -110,7 +110,7 @@ class AlolSetup:
     cache_path: Path
     cache_key: dict[str, str | None]
     device: torch.device
-    _scorer: Any = None
+    _scorer: Any = field(default=None, init=False, repr=False)
 
     def scorer(self) -> Any:
         """The reward function, loaded once."""
