@@ -78,7 +78,9 @@ def test_parsers(tmp_path):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_target_runs_the_script_without_installing():
-    out = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    cmd = ["make", "--no-print-directory", "-n", "gpu-check"]  # CI runs this suite under make
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0  # one command, whatever PYTHON is, and no install step first
     assert out.stdout.split()[1:] == ["-m", "lightning_rlhf.gpu_check"]
 
