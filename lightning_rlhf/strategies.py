@@ -3,14 +3,19 @@ refuses the rest with a one-line error, and the FSDP2 sharding applied in ``conf
 
 Support (the README's Scaling section has the table): single device, DDP and FSDP2
 (``FSDP2Strategy``, a ``ModelParallelStrategy`` whose data-parallel size is the world size) run
-every algorithm but PPO/MA-PPO (their critic is neither sharded nor synchronised under FSDP2);
-FSDP1 (``FSDPStrategy``) only the automatic-optimisation ones, since its gradient clipping and
+every algorithm (PPO's critic is sharded like the policy, ``shard_value_model``); FSDP1
+(``FSDPStrategy``) only the automatic-optimisation ones, since its gradient clipping and
 optimizer hooks break under manual optimisation (the online algorithms). A module narrows its
 own support with ``supported_strategies`` (and says why in ``strategy_note``).
+
+Rollouts under FSDP2 gather the policy once for the whole of ``generate`` (``gathered``) rather
+than once per new token; frozen models free their gathered copy after each use (``release``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +86,13 @@ def check_strategy(module: nn.Module, strategy: Strategy) -> None:
 
 class FSDP2Strategy(ModelParallelStrategy):
     """``ModelParallelStrategy`` for pure data parallelism with FSDP2: the data-parallel size is
-    the world size (all nodes x devices) and the tensor-parallel size 1, unless given."""
+    the world size (all nodes x devices) and the tensor-parallel size 1, unless given.
+
+    ``offload_frozen``: the frozen models (reference policy, reward model) keep their shards in
+    CPU memory and are all-gathered to the device layer by layer for each use (FSDP2's
+    ``CPUOffloadPolicy``): their device memory drops to about one layer, at the cost of a
+    host-to-device copy of the whole model per forward pass. Trained models (policy, critic)
+    always stay on the device."""
 
     def __init__(
         self,
@@ -89,6 +100,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         tensor_parallel_size: int = 1,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
+        offload_frozen: bool = False,
     ) -> None:
         super().__init__(
             data_parallel_size="auto" if data_parallel_size is None else data_parallel_size,
@@ -97,6 +109,8 @@ class FSDP2Strategy(ModelParallelStrategy):
             process_group_backend=process_group_backend,
         )
         self._fsdp2_data_parallel = data_parallel_size
+        #: keep the frozen models' shards (reference policy, reward model) in CPU memory
+        self.offload_frozen = offload_frozen
 
     def setup_environment(self) -> None:
         if self._fsdp2_data_parallel is None:  # resolved once the world size is known
@@ -131,9 +145,20 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def shard_causal_lm(model: nn.Module, mesh: Any) -> nn.Module:
+def _offload(offload: bool) -> dict[str, Any]:
+    """``fully_shard`` keywords of FSDP2's CPU offload policy (parameters kept on the CPU,
+    all-gathered to the device for each use), or none."""
+    if not offload:
+        return {}
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    return {"offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available())}
+
+
+def shard_causal_lm(model: nn.Module, mesh: Any, offload: bool = False) -> nn.Module:
     """Apply FSDP2 ``fully_shard`` to each decoder layer and to the whole model (the root unit:
-    embeddings, final norm, lm_head) over ``mesh`` (1-D data-parallel mesh).
+    embeddings, final norm, lm_head) over ``mesh`` (1-D data-parallel mesh); ``offload`` keeps
+    the shards in CPU memory (frozen models only: an optimiser would step on the CPU).
 
     ``models.response_logprobs`` calls the decoder directly and reads ``lm_head.weight`` outside
     the root's forward, so a pre-forward hook on the decoder unshards the root first; the root
@@ -143,11 +168,74 @@ def shard_causal_lm(model: nn.Module, mesh: Any) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **_offload(offload))
+    fully_shard(model, mesh=mesh, **_offload(offload))
     base = unwrap_peft(model)
     base.get_decoder().register_forward_pre_hook(lambda *_: _unshard_root(model))
     return model
+
+
+def shard_value_model(critic: nn.Module, mesh: Any) -> nn.Module:
+    """FSDP2 for PPO's critic (``models.critic.ValueModel``): ``fully_shard`` on each block of its
+    backbone and on the whole critic (the root unit: embeddings, final norm, value head). Its
+    forward runs inside the root's, so FSDP2's own hooks gather and free the weights, and its
+    gradients are reduce-scattered over ``mesh`` like the policy's."""
+    from torch.distributed.fsdp import fully_shard
+
+    backbone = critic.backbone
+    layers = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
+    if layers is None:
+        raise ValueError(f"FSDP2: cannot find the blocks of the critic's {type(backbone).__name__}")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(critic, mesh=mesh)
+    return critic
+
+
+def release(model: nn.Module) -> None:
+    """Free every gathered copy of a sharded frozen ``model`` (its root stays gathered after a
+    forward otherwise; a no-op for unsharded models)."""
+    for unit in fsdp_units(model):
+        unit.reshard()
+
+
+def fsdp_units(module: nn.Module) -> list[nn.Module]:
+    """The FSDP2 units (``FSDPModule`` instances) inside ``module``, outermost first; empty when
+    ``module`` is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def gathered(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Hold a full copy of a sharded ``model``'s weights on every rank for the duration (one
+    all-gather per FSDP2 unit, whatever the number of forward passes inside), then free it.
+
+    ``generate`` runs one forward per new token; with FSDP2's default every decoder layer is
+    gathered again for each of them, so a rollout of T tokens moves the model T times. Inside
+    this context it moves it once, at the cost of one full (unsharded) copy per rank while it
+    lasts. ``enabled=False`` (or an unsharded model) leaves FSDP2's per-layer gathering alone.
+    """
+    units = fsdp_units(model) if enabled else []
+    if not units:
+        yield
+        return
+    units[0]._get_fsdp_state()._lazy_init()  # the root is known before any unit is touched
+    inner = units[1:]  # the root keeps FSDP2's own rule (never resharded after forward)
+    for unit in inner:
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        handles = [unit.unshard(async_op=True) for unit in units]
+        for handle in handles:
+            if handle is not None:
+                handle.wait()
+        yield
+    finally:
+        for unit in inner:
+            unit.set_reshard_after_forward(True, recurse=False)
+        for unit in units:
+            unit.reshard()
 
 
 def _unshard_root(root: nn.Module) -> None:

@@ -21,7 +21,12 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_rlhf.checks import check_range
 from lightning_rlhf.models import ModelConfig, build_reference, load_causal_lm, reference_model
-from lightning_rlhf.strategies import check_strategy, reshard_after_step, shard_causal_lm
+from lightning_rlhf.strategies import (
+    check_strategy,
+    release,
+    reshard_after_step,
+    shard_causal_lm,
+)
 
 Schedule = Literal["constant", "cosine", "linear", "onecycle"]
 
@@ -120,12 +125,19 @@ class RLHFModule(L.LightningModule):
 
     def shard_models(self, mesh: Any) -> None:
         """FSDP2: shard the policy and every frozen causal LM (``frozen_modules`` entries with
-        decoder layers); anything else (value heads, scorers) stays replicated."""
+        decoder layers; CPU-offloaded when the strategy's ``offload_frozen`` is set); anything
+        else (value heads, scorers) stays replicated."""
         shard_causal_lm(self.policy, mesh)
         for name in self.frozen_modules:
             frozen = getattr(self, name, None)
             if isinstance(frozen, nn.Module) and hasattr(frozen, "get_decoder"):
-                shard_causal_lm(frozen, mesh)
+                shard_causal_lm(frozen, mesh, offload=self.offload_frozen)
+
+    @property
+    def offload_frozen(self) -> bool:
+        """Whether the strategy keeps frozen models' shards in CPU memory (FSDP2 option)."""
+        trainer = self._trainer
+        return bool(getattr(trainer.strategy, "offload_frozen", False)) if trainer else False
 
     def _check_context_length(self) -> None:
         """Refuse data whose prompt + response limits exceed the model's context window."""
@@ -157,8 +169,12 @@ class RLHFModule(L.LightningModule):
     @contextlib.contextmanager
     def reference_model(self) -> Iterator[nn.Module]:
         """pi_ref for the block: the frozen copy, or the LoRA policy with its adapter off."""
-        with reference_model(self.policy, self.reference) as ref:
-            yield ref
+        try:
+            with reference_model(self.policy, self.reference) as ref:
+                yield ref
+        finally:
+            if self.reference is not None:
+                release(self.reference)  # under FSDP2, no gathered copy outlives the pass
 
     # --- steps: a subclass implements compute_loss (online ones override the steps) ------------
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:

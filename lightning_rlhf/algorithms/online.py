@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,8 +29,14 @@ from lightning_rlhf.losses.masked import masked_mean
 from lightning_rlhf.models import ModelConfig, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController
-from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
-from lightning_rlhf.rl.rollout import Rollout, generate
+from lightning_rlhf.rl.rewards import (
+    RunningMoments,
+    load_reward,
+    normalize_rewards,
+    reward_models,
+)
+from lightning_rlhf.rl.rollout import Rollout, generate, rank_seed
+from lightning_rlhf.strategies import gathered, release, shard_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,11 @@ class OnlineRLModule(RLHFModule):
             loss (old = current.detach(), ratio exactly 1): one policy forward fewer per
             rollout. Off by default: the update otherwise sees the rows in shuffled order, so
             turning it on changes results by rounding.
+        rollout_gather: under FSDP2, "once" gathers the whole policy on every rank before
+            ``generate`` and frees it after (one all-gather per layer per rollout, one full copy
+            of the policy per rank while it lasts); "per_layer" keeps FSDP2's default, which
+            gathers each layer again for every new token (for policies too large for one
+            device). No effect without FSDP2.
         lr, weight_decay, betas, warmup_steps, schedule, max_nonfinite_steps: see RLHFModule.
     """
 
@@ -118,6 +129,7 @@ class OnlineRLModule(RLHFModule):
         clip_high: float | None = None,
         zero_variance_warn_after: int | None = 5,
         on_policy_shortcut: bool = False,
+        rollout_gather: Literal["once", "per_layer"] = "once",
         lr: float = 1e-5,
         **kwargs: Any,
     ) -> None:
@@ -190,6 +202,9 @@ class OnlineRLModule(RLHFModule):
         (kept out of ``nn.Module`` registration, so it is never trained or checkpointed)."""
         if self._reward_fn is None:
             self._reward_fn = load_reward(self.hparams.reward, tokenizer=None, device=self.device)
+            mesh = getattr(self, "_device_mesh", None)
+            for model in reward_models(self._reward_fn) if mesh is not None else []:
+                shard_causal_lm(model, mesh["data_parallel"], offload=self.offload_frozen)
         return self._reward_fn
 
     def trainable_groups(self) -> list[dict[str, Any]]:
@@ -208,11 +223,22 @@ class OnlineRLModule(RLHFModule):
             top_k=hp.top_k,
         )
         options.update(kw)
-        return generate(self.policy, self.tokenizer, prompt_ids, prompt_mask, **options)
+        with gathered(self.policy, enabled=hp.rollout_gather == "once"):
+            return generate(self.policy, self.tokenizer, prompt_ids, prompt_mask, **options)
 
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """Raw rewards: (B,) fp32 on our device."""
-        return self.reward_fn(prompts, responses).to(self.device, torch.float32)
+        scores = self.reward_fn(prompts, responses).to(self.device, torch.float32)
+        for model in reward_models(self.reward_fn):
+            release(model)  # under FSDP2, no gathered copy of a reward model outlives the call
+        return scores
+
+    def on_train_start(self) -> None:
+        """Each rank samples its own rollouts: ranks > 0 reseed torch's generator from the run's
+        seed and their rank (``rank_seed``; rank 0 keeps the run's stream, so a single process
+        is unchanged). A resume then puts back every rank's saved state (``RNGState``)."""
+        if self.global_rank > 0:
+            torch.manual_seed(rank_seed(torch.initial_seed(), self.global_rank))
 
     def logprobs(
         self, model: nn.Module, exp: Experience, *, entropy: bool = False

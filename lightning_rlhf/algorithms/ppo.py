@@ -21,6 +21,7 @@ from lightning_rlhf.models.critic import ValueModel, critic_from_policy, critic_
 from lightning_rlhf.rl.buffer import Experience
 from lightning_rlhf.rl.kl import KLKind, token_level_rewards
 from lightning_rlhf.rl.macro_actions import segment
+from lightning_rlhf.strategies import shard_value_model
 
 
 class PPO(OnlineRLModule):
@@ -39,10 +40,6 @@ class PPO(OnlineRLModule):
         kl_kind: per-token KL estimator in the reward ("k1" as in Ziegler et al.).
         The rest: see :class:`OnlineRLModule`.
     """
-
-    # the critic (a full LM body) is neither sharded nor gradient-synchronised by FSDP2
-    supported_strategies = ("single", "ddp")
-    strategy_note = "its critic is not sharded or synchronised under FSDP2; use DDP"
 
     def __init__(
         self,
@@ -75,6 +72,12 @@ class PPO(OnlineRLModule):
             self.critic = critic_from_policy(self.policy, self.policy_config, self.tokenizer)
         else:
             self.critic = critic_from_reward_model(self.hparams.critic_from, self.tokenizer)
+
+    def shard_models(self, mesh: Any) -> None:
+        """FSDP2: the critic is sharded like the policy (its blocks, then the whole critic), so
+        its gradients are reduce-scattered over the ranks and its optimiser state sharded."""
+        super().shard_models(mesh)
+        shard_value_model(self.critic, mesh)
 
     def trainable_groups(self) -> list[dict[str, Any]]:
         groups = super().trainable_groups()

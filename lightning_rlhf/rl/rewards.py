@@ -143,6 +143,7 @@ class RewardModelScorer:
         max_response_length: int = 1024,
     ) -> None:
         self.model = model.eval().requires_grad_(False).to(device)
+        self._device = torch.device(device)
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = batch_size
@@ -151,11 +152,13 @@ class RewardModelScorer:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go (the compute device, also when FSDP2 keeps the weights on the CPU)."""
+        return self._device
 
     def to(self, device: torch.device | str) -> RewardModelScorer:
         """Move the reward model (e.g. to the policy's device in ``setup``)."""
         self.model.to(device)
+        self._device = torch.device(device)
         return self
 
     def encode(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +180,13 @@ class RewardModelScorer:
             out.append(sequence_scores(self.model, ids.to(self.device), mask.to(self.device)))
         scores = torch.cat(out).float().cpu() if out else torch.zeros(0)
         return _check_finite(scores, prompts, self.name)
+
+
+def reward_models(fn: RewardFunction) -> list[nn.Module]:
+    """The reward models behind a reward function (those of its ``scorers`` when it combines
+    several), for sharding and releasing them; empty for Python scorers."""
+    parts = getattr(fn, "scorers", [fn])
+    return [p.model for p in parts if isinstance(getattr(p, "model", None), nn.Module)]
 
 
 def _load_python(spec: str) -> PythonReward:

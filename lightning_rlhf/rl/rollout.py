@@ -96,6 +96,12 @@ def generate(
     return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, responses)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The sampling seed of ``rank`` in a run seeded with ``seed``: distinct for every rank,
+    ``seed`` itself for rank 0."""
+    return (seed + 1_000_003 * rank) % (2**63 - 1)
+
+
 def left_pad_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,3 +24,28 @@ class LossRecorder(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = Path(trainer.default_root_dir) / f"losses_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(self.losses))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a test's own process group)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def recorded_digit_share(prompts: list[str], responses: list[str]) -> list[float]:
+    """``online_helpers.digit_share`` that also appends each call's responses, one JSON list a
+    line, to ``$LRLHF_RECORD_DIR/responses_rank<r>.jsonl`` (r: this process's rank)."""
+    import os
+
+    import torch.distributed as dist
+
+    from tests.algorithms.online_helpers import digit_share
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    path = Path(os.environ["LRLHF_RECORD_DIR"]) / f"responses_rank{rank}.jsonl"
+    with path.open("a") as f:
+        f.write(json.dumps(responses) + "\n")
+    return digit_share(prompts, responses)
