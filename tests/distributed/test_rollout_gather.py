@@ -68,9 +68,56 @@ def _worker(rank: int, world: int, port: int, out: str, new_tokens: list[int]) -
             "equal": torch.equal(sharded.response_ids, alone.response_ids),
             "length": sharded.response_ids.shape[1],
         })  # fmt: skip
+    result["frozen"] = _frozen_checks(sharded, world)
     if rank == 0:
         Path(out).write_text(json.dumps(result))
     dist.destroy_process_group()
+
+
+def _frozen_checks(rollout, world: int) -> dict[str, bool]:
+    """A reference policy sharded with CPU offload and a sharded reward model give the numbers
+    of their unsharded twins, and ``release`` leaves no unit gathered afterwards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    from lightning_rlhf.data.tasks.arithmetic import build_tokenizer
+    from lightning_rlhf.models.loading import ModelConfig, frozen_copy, load_causal_lm
+    from lightning_rlhf.models.scoring import response_logprobs, sequence_scores
+    from lightning_rlhf.strategies import fsdp_units, release, shard_causal_lm
+    from tests.algorithms.e2e import TINY
+
+    mesh, tokenizer = init_device_mesh("cpu", (world,)), build_tokenizer()
+    ids, mask, response = rollout.sequences()
+    torch.manual_seed(7)
+    ref = frozen_copy(load_causal_lm(ModelConfig(name_or_path=None, config=TINY), tokenizer))
+    alone = response_logprobs(frozen_copy(ref), ids, mask, response)
+    shard_causal_lm(ref, mesh, offload=True)
+    with torch.no_grad():
+        got = response_logprobs(ref, ids, mask, response)
+    gathered_after_use = not _is_sharded(ref)  # FSDP2 keeps the root gathered after a forward
+    release(ref)
+    config = LlamaConfig(**{k: v for k, v in TINY.items() if k != "model_type"},
+                         vocab_size=len(tokenizer), num_labels=1, pad_token_id=0)  # fmt: skip
+    rm = AutoModelForSequenceClassification.from_config(config).eval()
+    rm_alone = sequence_scores(frozen_copy(rm), ids, mask)
+    shard_causal_lm(rm, mesh)
+    with torch.no_grad():
+        rm_got = sequence_scores(rm, ids, mask)
+    release(rm)
+    return {
+        "reference_offloaded_equal": bool(torch.allclose(got, alone, atol=1e-6)),
+        "reward_model_equal": bool(torch.allclose(rm_got, rm_alone, atol=1e-6)),
+        "all_released": gathered_after_use and _is_sharded(ref) and _is_sharded(rm),
+        "units": len(fsdp_units(ref)) + len(fsdp_units(rm)) == 6,
+    }
+
+
+def _is_sharded(model) -> bool:
+    """Whether every parameter of a sharded model is its DTensor shard (FSDP2 swaps in plain
+    tensors while a unit is gathered)."""
+    from torch.distributed.tensor import DTensor
+
+    return all(isinstance(p, DTensor) for p in model.parameters())
 
 
 def _run(tmp_path: Path, new_tokens: list[int]) -> dict:
@@ -82,9 +129,12 @@ def _run(tmp_path: Path, new_tokens: list[int]) -> dict:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups on Linux only")
-def test_rollout_gathers_once_and_matches_one_process(tmp_path):
+def test_rollout_gathers_once_frozen_models_shard_offload_and_release(tmp_path):
     result = _run(tmp_path, [4, 12])
     units, runs = result["units"], result["runs"]
+    assert result["frozen"] == dict.fromkeys(
+        ("reference_offloaded_equal", "reward_model_equal", "all_released", "units"), True
+    )
     assert units == 3  # 2 decoder layers + the root (embeddings, norm, lm_head)
     assert all(run["equal"] for run in runs), runs  # the same tokens as one process
     once = [run for run in runs if run["mode"] == "once"]
