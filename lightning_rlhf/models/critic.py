@@ -76,7 +76,8 @@ class ValueModel(nn.Module):
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
         ).last_hidden_state  # (B, L, H)
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()  # (B, L)
+        values = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, L)
+        return values.to(torch.float32, copy=True)  # not a view: FSDP2 hooks its output
 
     def response_values(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
