@@ -31,6 +31,7 @@ DEFAULT_CALLBACKS = (
     "lightning_rlhf.callbacks.Preemption",
     "lightning_rlhf.callbacks.RNGState",
     "lightning_rlhf.callbacks.ResumeCheck",
+    "lightning_rlhf.callbacks.MemoryPlan",
 )
 
 

@@ -1,7 +1,8 @@
 """Callbacks shared by every algorithm: task evaluation, sample logging, Hugging Face export,
-and the reliability set the CLI adds by default (preemption, RNG state, resume checks)."""
+and the set the CLI adds by default (preemption, RNG state, resume checks, the memory plan)."""
 
 from lightning_rlhf.callbacks.export import HFExport
+from lightning_rlhf.callbacks.memory_plan import MemoryPlan
 from lightning_rlhf.callbacks.preemption import Preemption
 from lightning_rlhf.callbacks.resume import ResumeCheck
 from lightning_rlhf.callbacks.rng_state import RNGState
@@ -9,6 +10,7 @@ from lightning_rlhf.callbacks.task_eval import SampleLogger, TaskEval, evaluate_
 
 __all__ = [
     "HFExport",
+    "MemoryPlan",
     "Preemption",
     "RNGState",
     "ResumeCheck",

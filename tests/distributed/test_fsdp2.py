@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def _fit(
     steps: int,
     record: str = "train/loss",
     strategy: str = "fsdp2",
-) -> None:
+) -> str:
     """``python -m lightning_rlhf fit`` in a subprocess (Lightning spawns the second rank);
     ``record`` is the logged metric each rank writes per step; ``strategy`` names the trainer
     overlay of a multi-process run (``configs/trainer/<strategy>.yaml``)."""
@@ -65,6 +66,7 @@ def _fit(
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     rank0 = "\n".join(line for line in out.stderr.splitlines() if not line.startswith("[rank1]"))
     assert out.returncode == 0, rank0[-3000:]
+    return out.stdout + out.stderr
 
 
 def _losses(root: Path, rank: int) -> dict[int, float]:
@@ -89,6 +91,13 @@ def _check_checkpoint_resume_export(dist: Path, config: str, *extra: str) -> Non
     _fit(dist, config, *extra, "--ckpt_path", str(last), devices=2, batch=8, steps=6)
     assert sorted(_losses(dist, 0)) == [5, 6], "training should continue from step 4"
     _check_export(dist)
+
+
+def _plan_total(output: str) -> int:
+    """The total bytes per rank of the memory plan a run printed at start-up."""
+    match = re.search(r"^total .*\((\d+) bytes;", output, re.MULTILINE)
+    assert match, output[-2000:]
+    return int(match.group(1))
 
 
 def _check_export(dist: Path) -> None:
@@ -154,10 +163,13 @@ def test_ppo_under_fsdp2_follows_ddp_with_a_sharded_critic(tmp_path, config):
              "--model.init_args.max_new_tokens", "6"]  # fmt: skip (no validation: greedy)
     fit = dict(devices=2, batch=4, steps=4)
     ddp, fsdp2 = tmp_path / "ddp", tmp_path / "fsdp2"
+    plans = {}
     for root, strategy in ((ddp, "ddp"), (fsdp2, "fsdp2")):
         root.mkdir()
         os.environ["LRLHF_RECORD_DIR"] = str(root)
-        _fit(root, config, *extra, **fit, strategy=strategy)
+        plans[strategy] = _plan_total(_fit(root, config, *extra, **fit, strategy=strategy))
+    # the start-up memory plan: FSDP2 holds about half of everything per rank (shards padded)
+    assert 0.45 < plans["fsdp2"] / plans["ddp"] < 0.6, plans
     for rank in (0, 1):
         want, got = _losses(ddp, rank), _losses(fsdp2, rank)
         assert sorted(want) == sorted(got) == [2, 4]  # ppo_epochs 2: two steps per rollout
