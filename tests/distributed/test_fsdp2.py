@@ -149,9 +149,9 @@ def test_p3o_two_processes_train_checkpoint_resume_and_export(tmp_path):
 
 @pytest.mark.parametrize("config", ["ppo/arithmetic.yaml", "mappo/arithmetic.yaml"])
 def test_ppo_under_fsdp2_follows_ddp_with_a_sharded_critic(tmp_path, config):
-    """PPO / MA-PPO under FSDP2 (policy, critic and reference sharded) against the same run under
-    DDP: same seeds (every rank its own sampling stream, ``rl.rollout.rank_seed``), same prompts
-    per rank, same global batch. Each rank's rollout is bit-identical (the gathered weights are
+    """PPO / MA-PPO under FSDP2 (policy and critic sharded, the reference sharded and offloaded)
+    against the same run under DDP: same seeds (every rank its own sampling stream,
+    ``rl.rollout.rank_seed``), same prompts per rank, same global batch. Each rank's rollout is bit-identical (the gathered weights are
     the same numbers), and FSDP2's reduce-scatter averages the two ranks' gradients as DDP's
     all-reduce does, so the per-rank losses agree to 1e-6 relative (measured: exactly, since a
     sum of two values does not depend on the order; more ranks or NCCL could reorder sums).
@@ -164,10 +164,12 @@ def test_ppo_under_fsdp2_follows_ddp_with_a_sharded_critic(tmp_path, config):
     fit = dict(devices=2, batch=4, steps=4)
     ddp, fsdp2 = tmp_path / "ddp", tmp_path / "fsdp2"
     plans = {}
-    for root, strategy in ((ddp, "ddp"), (fsdp2, "fsdp2")):
+    offload = ["--trainer.strategy.init_args.offload_frozen", "true"]  # the reference's shards
+    for root, strategy, own in ((ddp, "ddp", []), (fsdp2, "fsdp2", offload)):
         root.mkdir()
         os.environ["LRLHF_RECORD_DIR"] = str(root)
-        plans[strategy] = _plan_total(_fit(root, config, *extra, **fit, strategy=strategy))
+        output = _fit(root, config, *extra, *own, **fit, strategy=strategy)
+        plans[strategy] = _plan_total(output)
     # the start-up memory plan: FSDP2 holds about half of everything per rank (shards padded)
     assert 0.45 < plans["fsdp2"] / plans["ddp"] < 0.6, plans
     for rank in (0, 1):
