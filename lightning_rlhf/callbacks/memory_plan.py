@@ -122,9 +122,9 @@ class MemoryPlan(L.Callback):
     algorithm has one, so its bytes are in the plan and a bad reward spec fails before step 1."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if hasattr(pl_module, "reward_fn") and getattr(pl_module.hparams, "get", None):
-            if pl_module.hparams.get("reward"):
-                pl_module.reward_fn  # noqa: B018 - load (and under FSDP2 shard) it now
+        hparams = getattr(pl_module, "hparams", {})
+        if hasattr(type(pl_module), "reward_fn") and hparams.get("reward"):
+            pl_module.reward_fn  # noqa: B018 - load (and under FSDP2 shard) it now
         optimizers = trainer.optimizers
         rows = memory_plan(pl_module, optimizers[0] if optimizers else None)
         kind = strategy_kind(trainer.strategy)

@@ -151,10 +151,11 @@ def test_p3o_two_processes_train_checkpoint_resume_and_export(tmp_path):
 def test_ppo_under_fsdp2_follows_ddp_with_a_sharded_critic(tmp_path, config):
     """PPO / MA-PPO under FSDP2 (policy and critic sharded, the reference sharded and offloaded)
     against the same run under DDP: same seeds (every rank its own sampling stream,
-    ``rl.rollout.rank_seed``), same prompts per rank, same global batch. Each rank's rollout is bit-identical (the gathered weights are
-    the same numbers), and FSDP2's reduce-scatter averages the two ranks' gradients as DDP's
-    all-reduce does, so the per-rank losses agree to 1e-6 relative (measured: exactly, since a
-    sum of two values does not depend on the order; more ranks or NCCL could reorder sums).
+    ``rl.rollout.rank_seed``), same prompts per rank, same global batch. Each rank's rollout is
+    bit-identical (the gathered weights are the same numbers), and FSDP2's reduce-scatter
+    averages the two ranks' gradients as DDP's all-reduce does, so the per-rank losses agree to
+    1e-6 relative (measured: exactly, since a sum of two values does not depend on the order;
+    more ranks or NCCL could reorder sums).
     """
     one_prompt = tmp_path / "prompts.jsonl"  # every rank gets the very same prompts
     one_prompt.write_text('{"prompt": "12+34="}\n' * 64)
