@@ -75,6 +75,8 @@ def _worker(rank: int, world: int, port: int, out: str, args: argparse.Namespace
     if args.device == "cuda":
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, rank=rank, world_size=world)
+    from lightning_rlhf.strategies import release
+
     module, ids, mask = _build(args, world)
     count = _count_all_gathers()
     seconds: dict[str, list[float]] = {m: [] for m in MODES}
@@ -83,6 +85,7 @@ def _worker(rank: int, world: int, port: int, out: str, args: argparse.Namespace
     for repeat in range(args.repeats + 1):  # the first round warms up and is dropped
         for mode in MODES:
             module.hparams.rollout_gather = mode
+            release(module.policy)  # both modes start from a fully sharded policy
             torch.manual_seed(repeat)
             before, start = count[0], time.perf_counter()
             rollout = module.sample(ids, mask)
