@@ -6,10 +6,12 @@ import copy
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from lightning_rlhf.models import export_pretrained
-from lightning_rlhf.strategies import full_state_dict
+from lightning_rlhf.strategies import fsdp_units, full_state_dict
 
 
 class HFExport(L.Callback):
@@ -29,11 +31,25 @@ class HFExport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         policy = pl_module.policy
-        if self.merge_lora and hasattr(policy, "merge_and_unload"):
-            policy = copy.deepcopy(policy).merge_and_unload()  # merge before gathering shards
-        state = full_state_dict(policy)  # a collective under FSDP2: every rank takes part
+        lora = self.merge_lora and hasattr(policy, "merge_and_unload")
+        if lora and fsdp_units(policy):  # FSDP2 modules cannot be deep-copied: gather, then merge
+            state = full_state_dict(policy)  # a collective: every rank takes part
+            if trainer.is_global_zero:
+                policy, state = _merged_copy(pl_module, state), None
+        else:
+            if lora:
+                policy = copy.deepcopy(policy).merge_and_unload()  # merge before gathering shards
+            state = full_state_dict(policy)  # a collective under FSDP2: every rank takes part
         if trainer.is_global_zero:
             target = self.target(trainer)
             path = export_pretrained(policy, pl_module.tokenizer, target, state_dict=state)
             rank_zero_info(f"exported {type(pl_module).__name__} policy to {path}")
         trainer.strategy.barrier("hf_export")
+
+
+def _merged_copy(pl_module: L.LightningModule, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain (unsharded) LoRA policy built like ``pl_module``'s, holding the gathered ``state``
+    (rank 0, CPU), with its adapter merged into the base weights."""
+    plain = pl_module.build_policy()
+    plain.load_state_dict(state)
+    return plain.merge_and_unload()

@@ -126,7 +126,9 @@ def test_two_processes_match_one_checkpoint_resume_and_export(tmp_path, config):
 
 
 def test_p3o_two_processes_train_checkpoint_resume_and_export(tmp_path):
-    """P3O under FSDP2: generation through the sharded policy, a rollout per rank, updates.
+    """P3O with a LoRA policy under FSDP2: generation through the sharded policy, a rollout per
+    rank, updates; the reference is the policy with its adapter off, and the export merges the
+    gathered adapter into the base weights (FSDP2 modules cannot be deep-copied).
 
     Its trajectory cannot follow a single process: each rank samples its own responses, so the
     rollouts differ from one process's (and P3O's loss value is 0 on-policy by construction: at
@@ -135,7 +137,9 @@ def test_p3o_two_processes_train_checkpoint_resume_and_export(tmp_path):
     resumes and exports.
     """
     reward = ["--model.init_args.reward", "tests.algorithms.online_helpers:digit_share"]
-    extra = [*reward, "--data.num_val", "8"]
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    policy = json.dumps({"name_or_path": None, "config": TINY, "lora": lora})
+    extra = [*reward, "--data.num_val", "8", "--model.init_args.policy", policy]
     fit = dict(devices=2, batch=8, steps=4, record="rollout/reward")
     _fit(tmp_path / "single", "p3o/arithmetic.yaml", *extra, **{**fit, "devices": 1, "batch": 16})
     dist = tmp_path / "fsdp2"
@@ -145,6 +149,11 @@ def test_p3o_two_processes_train_checkpoint_resume_and_export(tmp_path):
         assert sorted(rewards) == [1, 2, 3, 4]
         assert all(math.isfinite(v) and v > 0 for v in rewards.values()), rewards
     _check_checkpoint_resume_export(dist, "p3o/arithmetic.yaml", *extra)
+    from safetensors import safe_open
+
+    with safe_open(dist / "export" / "model.safetensors", "pt") as f:
+        names = list(f.keys())
+    assert names and not [n for n in names if "lora" in n or "base_layer" in n], names
 
 
 @pytest.mark.parametrize("config", ["ppo/arithmetic.yaml", "mappo/arithmetic.yaml"])
