@@ -25,6 +25,7 @@ from lightning_rlhf.callbacks.resume import check_resume_config
 from lightning_rlhf.cli_errors import OneLineErrorParser, unwrap_config_error
 from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.io import REQUIRED_KEYS, RESUME_KEYS, resolve_checkpoint
+from lightning_rlhf.quiet import silence_upstream_noise
 
 #: callbacks every run gets unless its config already lists them (see the README's Reliability)
 DEFAULT_CALLBACKS = (
@@ -40,6 +41,7 @@ class RLHFCLI(LightningCLI):
     ``--ckpt_path`` that is checked (readable, same model/data settings), never merged."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+        silence_upstream_noise()
         super().__init__(
             model_class=RLHFModule,
             datamodule_class=RLHFDataModule,
@@ -92,6 +94,8 @@ class RLHFCLI(LightningCLI):
             # Lightning's "dataloader is not resumable" looks for a stateful DataLoader; ours
             # resume mid-epoch through their samplers (tests/test_resume.py), so it is wrong here
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that")
+            # a resume continues in the directory it left: its checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
 
 
 def _add_reliability_defaults(trainer: Namespace) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -288,6 +289,21 @@ class RLHFModule(L.LightningModule):
         for key in [k for k in state if k[len(prefix) :].split(".", 1)[0] in self.frozen_modules]:
             del state[key]
         return state
+
+    def on_train_start(self) -> None:
+        """Warn about modules in eval mode that should train with dropout on (Lightning's own
+        check, silenced in :mod:`lightning_rlhf.quiet`, would also count the frozen models)."""
+        if not self.dropout_in_training:
+            return  # on-policy RL runs every module in eval mode on purpose
+        stray = sorted(
+            {n.split(".", 1)[0] for n, m in self.named_modules() if n and not m.training}
+            - set(self.frozen_modules)
+        )
+        if stray:
+            rank_zero_warn(
+                f"{type(self).__name__}: {', '.join(stray)} in eval mode at the start of training "
+                "(dropout off where the algorithm trains with it on)"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen

@@ -7,7 +7,11 @@ the tests and the demo do), with dtype, gradient checkpointing and optional LoRA
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -191,13 +195,43 @@ def load_reward_model(
     keeps its backbone and adds a freshly initialised score head; with ``require_trained_head``
     (scoring with the model as it is) that is refused with :class:`UntrainedWeightsError`.
     """
-    return _load(
-        cfg,
-        tokenizer,
-        AutoModelForSequenceClassification,
-        require_all_weights=require_trained_head,
-        num_labels=1,
+    quiet = contextlib.nullcontext() if require_trained_head else _quiet_head_swap_report()
+    with quiet:
+        return _load(
+            cfg,
+            tokenizer,
+            AutoModelForSequenceClassification,
+            require_all_weights=require_trained_head,
+            num_labels=1,
+        )
+
+
+#: a row of transformers' load report: ``key | STATUS | ...``
+_REPORT_ROW = re.compile(r"^\s*(\S+)\s*\|\s*(UNEXPECTED|MISSING|MISMATCH\w*)\b")
+
+
+def _is_head_swap_report(message: str) -> bool:
+    """Whether a transformers load report lists only what starting a reward model from a causal
+    LM must give: the LM head unused (UNEXPECTED) and the new score head (MISSING)."""
+    rows = [m.groups() for m in map(_REPORT_ROW.match, message.splitlines()) if m]
+    expected = {"UNEXPECTED": "lm_head", "MISSING": "score"}
+    return (
+        "LOAD REPORT" in message
+        and bool(rows)
+        and all(key.startswith(expected.get(status, "\0")) for key, status in rows)
     )
+
+
+@contextlib.contextmanager
+def _quiet_head_swap_report() -> Iterator[None]:
+    """Drop transformers' 10-line load report when it says only that (any other report shows)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    keep = lambda record: not _is_head_swap_report(record.getMessage())
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:
