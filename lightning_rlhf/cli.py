@@ -61,6 +61,7 @@ class RLHFCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
         _add_reliability_defaults(trainer)
+        _choose_progress(trainer, interactive=sys.stdout.isatty())
         if trainer.logger not in (None, True):
             return
         root = trainer.default_root_dir or "runs/default"
@@ -110,6 +111,20 @@ def _add_reliability_defaults(trainer: Namespace) -> None:
         if class_path.rsplit(".", 1)[-1] not in listed:
             callbacks.append(Namespace(class_path=class_path, init_args=Namespace()))
     trainer.callbacks = callbacks
+
+
+def _choose_progress(trainer: Namespace, interactive: bool) -> None:
+    """A progress bar on a terminal; elsewhere (a log file, a scheduler's log) ``LineProgress``
+    lines instead of a bar that shows only at exit. ``enable_progress_bar`` set to true or false
+    keeps the bar or no progress at all; a ``LineProgress`` in the config is kept as configured."""
+    callbacks = trainer.callbacks
+    listed = any(str(getattr(c, "class_path", "")).endswith("LineProgress") for c in callbacks)
+    if listed:
+        trainer.enable_progress_bar = False
+    elif trainer.enable_progress_bar is None and not interactive:
+        trainer.enable_progress_bar = False
+        line = Namespace(class_path="lightning_rlhf.callbacks.LineProgress", init_args=Namespace())
+        callbacks.append(line)
 
 
 def _logger(class_path: str, root: str) -> Namespace:
