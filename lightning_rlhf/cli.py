@@ -57,17 +57,26 @@ class RLHFCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Default loggers when the config sets none: CSV always, TensorBoard when installed, both
         writing straight into ``trainer.default_root_dir`` (so checkpoints land in
-        ``<default_root_dir>/checkpoints``)."""
+        ``<default_root_dir>/checkpoints``). Configured loggers (``configs/trainer/wandb.yaml``,
+        ``mlflow.yaml``) get the CSV logger beside them unless they list one; ``logger: false``
+        means none."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
         _add_reliability_defaults(trainer)
         _choose_progress(trainer, interactive=sys.stdout.isatty())
-        if trainer.logger not in (None, True):
+        if trainer.logger is False:
+            return
+        configured = trainer.logger not in (None, True)
+        if configured and _lists_csv(trainer.logger):
             return
         root = trainer.default_root_dir or "runs/default"
         trainer.default_root_dir = root
         csv = _logger("lightning_rlhf.loggers.HistoryCSVLogger", root)
         csv.init_args.append = bool(config.get("ckpt_path"))  # a resume continues metrics.csv
+        if configured:
+            others = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+            trainer.logger = [csv, *others]
+            return
         trainer.logger = [csv]
         if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
             trainer.logger.append(_logger("lightning.pytorch.loggers.TensorBoardLogger", root))
@@ -125,6 +134,12 @@ def _choose_progress(trainer: Namespace, interactive: bool) -> None:
         trainer.enable_progress_bar = False
         line = Namespace(class_path="lightning_rlhf.callbacks.LineProgress", init_args=Namespace())
         callbacks.append(line)
+
+
+def _lists_csv(loggers) -> bool:
+    """Whether the configured logger(s) include a CSV logger (``metrics.csv``)."""
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    return any(str(getattr(x, "class_path", "")).endswith("CSVLogger") for x in loggers)
 
 
 def _logger(class_path: str, root: str) -> Namespace:
