@@ -55,7 +55,7 @@ def test_overlay_parses_with_offline_defaults(name, capsys):
     if name == "wandb":
         assert "offline: true" in printed
     else:
-        assert "save_dir: runs/mlruns" in printed and "tracking_uri: null" in printed
+        assert "tracking_uri: sqlite:///runs/mlflow.db" in printed
 
 
 def test_a_configured_logger_gets_metrics_csv_beside_it(tmp_path):
@@ -82,10 +82,18 @@ def test_a_tiny_run_logs_through_the_overlay(name, tmp_path, monkeypatch):
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed here (pip install {name}); the overlay only parses")
     monkeypatch.chdir(tmp_path)  # the overlays write under ./runs
+    (tmp_path / "runs").mkdir()
     monkeypatch.setenv("WANDB_MODE", "offline")
     overlay = ("--config", str(CONFIGS / "trainer" / f"{name}.yaml"))
     run_fit("sft/arithmetic.yaml", tmp_path / "run", *overlay, *tiny_policy(),
             "--trainer.callbacks", "[]", steps=2)  # fmt: skip
-    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
-    assert written, f"{name} wrote nothing under runs/"
     assert (tmp_path / "run" / "metrics.csv").exists()
+    if name == "wandb":
+        assert list((tmp_path / "runs" / "wandb").rglob("offline-run-*/run-*.wandb"))
+    else:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient("sqlite:///runs/mlflow.db")
+        experiment = client.get_experiment_by_name("lightning-rlhf")
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert "train/loss" in run.data.metrics
