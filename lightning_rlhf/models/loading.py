@@ -67,7 +67,18 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _check_source(cfg: ModelConfig) -> None:
+#: what to run first when an export the shipped configs start from is missing
+MAKES_EXPORT = {
+    "sft": "run SFT first: python -m lightning_rlhf fit --config configs/sft/arithmetic.yaml",
+    "reward_model": "train the reward model first: python -m lightning_rlhf fit --config "
+    "configs/reward_model/arithmetic.yaml",
+}
+
+
+def check_model_source(cfg: ModelConfig) -> None:
+    """One source (``name_or_path`` or ``config``), and a local path that exists; a missing
+    ``<stage>/export`` says which run makes it. Cheap: algorithms call it in ``__init__``, before
+    any data is read."""
     if (cfg.name_or_path is None) == (cfg.config is None):
         raise ValueError(
             "model: set exactly one of `name_or_path` (load) or `config` (build from scratch)"
@@ -75,8 +86,10 @@ def _check_source(cfg: ModelConfig) -> None:
     path = cfg.name_or_path
     looks_local = path is not None and (path.startswith((".", "/", "~")) or path.count("/") > 1)
     if looks_local and not Path(path).expanduser().exists():
+        hint = MAKES_EXPORT.get(Path(path).parent.name) if Path(path).name == "export" else None
         raise FileNotFoundError(
             f"model: name_or_path {path!r} does not exist (a local path was given)"
+            + (f": {hint} (or python -m lightning_rlhf demo)" if hint else "")
         )
 
 
@@ -109,7 +122,7 @@ def _load(
     require_all_weights: bool = False,
     **kwargs,
 ) -> PreTrainedModel:
-    _check_source(cfg)
+    check_model_source(cfg)
     if cfg.config is not None:
         model = _from_config(cfg, tokenizer, auto_cls, **kwargs)
     else:
