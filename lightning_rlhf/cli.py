@@ -101,11 +101,20 @@ class RLHFCLI(LightningCLI):
         if getattr(self, "_resume", None) is not None:
             (path, checkpoint), self._resume = self._resume, None
             check_resume_config(path, checkpoint, self.model.hparams, self.datamodule.hparams)
+            # for this fit only (after_fit restores the filters):
+            self._resume_filters = warnings.catch_warnings()
+            self._resume_filters.__enter__()
             # Lightning's "dataloader is not resumable" looks for a stateful DataLoader; ours
             # resume mid-epoch through their samplers (tests/test_resume.py), so it is wrong here
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that")
             # a resume continues in the directory it left: its checkpoints are expected there
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+
+    def after_fit(self) -> None:
+        """Put back the warning filters a resume's ``before_fit`` changed."""
+        filters, self._resume_filters = getattr(self, "_resume_filters", None), None
+        if filters is not None:
+            filters.__exit__(None, None, None)
 
 
 def _add_reliability_defaults(trainer: Namespace) -> None:

@@ -172,5 +172,23 @@ def test_our_eval_mode_check_names_a_stray_module_and_spares_frozen_ones(recwarn
         sft.on_train_start()
 
 
+
+def test_a_resume_does_not_warn_about_its_own_checkpoints_a_fresh_run_does(tmp_path, recwarn):
+    from lightning_rlhf.cli import main
+
+    def fit(steps: int, *extra: str) -> list[str]:
+        recwarn.clear()
+        main(["fit", "--config", str(CONFIGS / "sft" / "arithmetic.yaml"),
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(steps),
+              "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+              "--data.num_train", "64", "--data.num_val", "0", "--data.batch_size", "8",
+              "--model.init_args.policy", json.dumps({"config": TINY}), *extra])  # fmt: skip
+        return [str(w.message) for w in recwarn if "is not empty" in str(w.message)]
+
+    assert fit(2) == []
+    assert fit(3, "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")) == []
+    assert len(fit(2)) == 1, "a fresh run into used checkpoints still says so"
+
+
 if __name__ == "__main__":
     run_algorithms(Path(sys.argv[1]), sys.argv[2:])
