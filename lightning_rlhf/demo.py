@@ -133,12 +133,15 @@ def registered_stages() -> list[DemoStage]:
 
 def stage_args(stage: DemoStage, run: Path, quick: bool, configs: Path = CONFIGS) -> list[str]:
     """The ``fit`` arguments of a stage (the demo's overrides, ``{run}`` expanded)."""
-    args = ["--config", str(configs / stage.config)]
-    args += ["--trainer.default_root_dir", str(run / stage.name)]
-    args += [a.format(run=run) for a in stage.overrides]
+    pairs = ["--config", str(configs / stage.config)]
+    pairs += ["--trainer.default_root_dir", str(run / stage.name)]
+    pairs += [a.format(run=run) for a in stage.overrides]
     if quick:
-        args += [a.format(run=run) for a in stage.quick]
-    return args
+        pairs += [a.format(run=run) for a in stage.quick]
+    options: dict[str, str] = {}  # a repeated option keeps its first place and its last value
+    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+        options[key] = value
+    return [x for item in options.items() for x in item]
 
 
 def fit_command(stage: DemoStage, run: Path, quick: bool) -> str:
