@@ -25,6 +25,7 @@ from lightning_rlhf.callbacks.resume import check_resume_config
 from lightning_rlhf.cli_errors import OneLineErrorParser, unwrap_config_error
 from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.io import REQUIRED_KEYS, RESUME_KEYS, resolve_checkpoint
+from lightning_rlhf.models.loading import check_model_path
 from lightning_rlhf.quiet import silence_upstream_noise
 
 #: callbacks every run gets unless its config already lists them (see the README's Reliability)
@@ -62,6 +63,7 @@ class RLHFCLI(LightningCLI):
         means none."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        _check_policy_path(config)
         _add_reliability_defaults(trainer)
         _choose_progress(trainer, interactive=sys.stdout.isatty())
         if trainer.logger is False:
@@ -115,6 +117,16 @@ class RLHFCLI(LightningCLI):
         filters, self._resume_filters = getattr(self, "_resume_filters", None), None
         if filters is not None:
             filters.__exit__(None, None, None)
+
+
+def _check_policy_path(config: Namespace) -> None:
+    """A policy to load from a missing local path (the SFT export, say) fails here, before any
+    model is built or data tokenised, saying which run makes it."""
+    init_args = config.get("model") and config.model.get("init_args")
+    policy = init_args.get("policy") if init_args else None
+    path = policy.get("name_or_path") if isinstance(policy, Namespace) else None
+    if path and policy.get("config") is None:
+        check_model_path(path)
 
 
 def _add_reliability_defaults(trainer: Namespace) -> None:

@@ -34,6 +34,9 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert (tmp_path / "results.md").read_text().startswith("| algorithm |")
     assert (tmp_path / "reward_vs_kl.png").stat().st_size > 1000
     assert (tmp_path / "sft" / "export" / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*/checkpoints")), "finished stages keep no checkpoints"
+    commands = [x for x in (tmp_path / "results.md").read_text().splitlines() if x.startswith("- ")]
+    assert len(commands) == len(expected) - 1  # every stage's fit command (not the teacher's)
 
 
 def test_a_failing_stage_is_reported_and_the_others_keep_their_rows(tmp_path, monkeypatch):

@@ -22,7 +22,6 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_rlhf.checks import check_range
 from lightning_rlhf.models import ModelConfig, build_reference, load_causal_lm, reference_model
-from lightning_rlhf.models.loading import check_model_source
 from lightning_rlhf.strategies import check_strategy, reshard_after_step, shard_causal_lm
 
 Schedule = Literal["constant", "cosine", "linear", "onecycle"]
@@ -73,7 +72,6 @@ class RLHFModule(L.LightningModule):
         check_range(self, "betas[1]", betas[1], ge=0, lt=1)
         check_range(self, "warmup_steps", warmup_steps, ge=0)
         check_range(self, "max_nonfinite_steps", max_nonfinite_steps, ge=1)
-        check_model_source(policy)  # a missing export fails here, before data is tokenised
         self.policy_config = policy
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None  # pi_ref (None: not needed, or LoRA adapter-off)

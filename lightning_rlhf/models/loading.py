@@ -76,15 +76,19 @@ MAKES_EXPORT = {
 
 
 def check_model_source(cfg: ModelConfig) -> None:
-    """One source (``name_or_path`` or ``config``), and a local path that exists; a missing
-    ``<stage>/export`` says which run makes it. Cheap: algorithms call it in ``__init__``, before
-    any data is read."""
+    """One source (``name_or_path`` or ``config``), and a local path that exists."""
     if (cfg.name_or_path is None) == (cfg.config is None):
         raise ValueError(
             "model: set exactly one of `name_or_path` (load) or `config` (build from scratch)"
         )
-    path = cfg.name_or_path
-    looks_local = path is not None and (path.startswith((".", "/", "~")) or path.count("/") > 1)
+    if cfg.name_or_path is not None:
+        check_model_path(cfg.name_or_path)
+
+
+def check_model_path(path: str) -> None:
+    """A local-looking ``name_or_path`` must exist; a missing ``<stage>/export`` says which run
+    makes it. Cheap: the CLI calls it before anything is built or any data read."""
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not Path(path).expanduser().exists():
         hint = MAKES_EXPORT.get(Path(path).parent.name) if Path(path).name == "export" else None
         raise FileNotFoundError(
