@@ -45,6 +45,13 @@ UPSTREAM_NOISE: tuple[Noise, ...] = (
         "mode on purpose; RLHFModule.on_train_start checks the modules that should not be",
     ),
     Noise(
+        r"`is_gradient_checkpointing` is deprecated",
+        FutureWarning,
+        r"transformers\.modeling_utils",
+        "peft reads the property transformers renamed (is_activation_checkpointing); our code "
+        "does not use it",
+    ),
+    Noise(
         r"LightningCLI's args parameter is intended to run from within Python",
         UserWarning,
         r"lightning\.pytorch\.cli",

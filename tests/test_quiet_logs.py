@@ -25,7 +25,8 @@ from tests.algorithms.e2e import CONFIGS, TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = (
-    "sft", "reward_model", "dpo", "pro", "alol", "ppo", "mappo", "p3o", "rloo", "remax", "grpo"
+    "sft", "reward_model", "dpo", "pro", "alol", "ppo", "mappo", "p3o", "rloo", "remax", "grpo",
+    "dpo_lora",  # DPO with a LoRA adapter: what peft adds
 )  # fmt: skip
 ONLINE = {"ppo", "mappo", "p3o", "rloo", "remax", "grpo"}
 MARK = "@@@ fit "
@@ -40,10 +41,14 @@ WARNING_LINE = re.compile(
 
 def _args(algo: str, root: Path) -> list[str]:
     """The shipped config, shrunk: 4 steps of 8 rows (4 prompts online), tiny model."""
+    export = str(root / "sft" / "export")
     if algo == "sft":
         policy = ["--model.init_args.policy", json.dumps({"config": TINY})]
+    elif algo.endswith("_lora"):
+        lora = {"name_or_path": export, "lora": {"r": 4, "alpha": 8}}
+        policy = ["--model.init_args.policy", json.dumps(lora)]
     else:
-        policy = ["--model.init_args.policy.name_or_path", str(root / "sft" / "export")]
+        policy = ["--model.init_args.policy.name_or_path", export]
     extra = ["--data.batch_size", "4" if algo in ONLINE else "8"]
     if algo in ONLINE:
         extra += ["--model.init_args.max_new_tokens", "4", "--model.init_args.minibatch_size",
@@ -53,7 +58,7 @@ def _args(algo: str, root: Path) -> list[str]:
     if algo == "alol":
         extra += ["--model.init_args.value_head", json.dumps({"epochs": 2, "batch_size": 8})]
     return [
-        "--config", str(CONFIGS / algo / "arithmetic.yaml"),
+        "--config", str(CONFIGS / algo.removesuffix("_lora") / "arithmetic.yaml"),
         "--trainer.default_root_dir", str(root / algo), "--trainer.max_steps", "4",
         "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
         "--trainer.log_every_n_steps", "2",
