@@ -195,5 +195,19 @@ def test_a_resume_does_not_warn_about_its_own_checkpoints_a_fresh_run_does(tmp_p
     assert len(fit(2)) == 1, "a fresh run into used checkpoints still says so"
 
 
+def test_a_module_driven_by_hand_logs_nothing_and_warns_nothing(recwarn):
+    """Scripts and tests call steps outside a Trainer: no "self.log() ... trainer" warning."""
+    from lightning_rlhf.algorithms.sft import SFT
+    from lightning_rlhf.data import RLHFDataModule
+
+    dm = RLHFDataModule(num_train=8, num_val=0, batch_size=4, max_prompt_length=16,
+                        max_response_length=8)  # fmt: skip
+    dm.setup("fit")
+    sft = _module(SFT)
+    loss = sft.training_step(next(iter(dm.train_dataloader())), 0)
+    assert loss.isfinite()
+    assert not [w for w in recwarn if "self.log" in str(w.message)]
+
+
 if __name__ == "__main__":
     run_algorithms(Path(sys.argv[1]), sys.argv[2:])

@@ -275,7 +275,10 @@ class RLHFModule(L.LightningModule):
         self.tokens_seen += int(attention_mask.sum())
 
     def log_stats(self, prefix: str, stats: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
-        """Log every entry of a loss's stats dict under ``prefix/``."""
+        """Log every entry of a loss's stats dict under ``prefix/`` (nothing outside a Trainer:
+        scripts and tests that drive a module by hand get no warning per entry)."""
+        if self._trainer is None:
+            return
         batch_size = kwargs.pop("batch_size", None)
         for key, value in stats.items():
             value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
