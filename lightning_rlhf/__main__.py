@@ -1,6 +1,7 @@
-"""``python -m lightning_rlhf {fit,validate,test,predict,demo}``: ``demo`` runs
-:mod:`lightning_rlhf.demo`, the rest :func:`lightning_rlhf.cli.main` (the demo builds on the CLI,
-so the CLI itself does not know the demo)."""
+"""``python -m lightning_rlhf {fit,validate,test,predict,demo,plot}``: ``demo`` runs
+:mod:`lightning_rlhf.demo`, ``plot`` :mod:`lightning_rlhf.plot` (training curves of a run), the
+rest :func:`lightning_rlhf.cli.main` (the demo builds on the CLI, so the CLI itself does not know
+the demo)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ def main(argv: list[str] | None = None) -> None:
 
         with one_line_errors():
             demo_main(args[1:])
+    elif args and args[0] == "plot":
+        from lightning_rlhf.plot import main as plot_main
+
+        with one_line_errors():
+            plot_main(args[1:])
     else:
         cli_main(argv)
 

@@ -25,6 +25,8 @@ from lightning_rlhf.callbacks.resume import check_resume_config
 from lightning_rlhf.cli_errors import OneLineErrorParser, unwrap_config_error
 from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.io import REQUIRED_KEYS, RESUME_KEYS, resolve_checkpoint
+from lightning_rlhf.models.loading import check_model_path
+from lightning_rlhf.quiet import silence_upstream_noise
 
 #: callbacks every run gets unless its config already lists them (see the README's Reliability)
 DEFAULT_CALLBACKS = (
@@ -41,6 +43,7 @@ class RLHFCLI(LightningCLI):
     ``--ckpt_path`` that is checked (readable, same model/data settings), never merged."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+        silence_upstream_noise()
         super().__init__(
             model_class=RLHFModule,
             datamodule_class=RLHFDataModule,
@@ -56,16 +59,27 @@ class RLHFCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Default loggers when the config sets none: CSV always, TensorBoard when installed, both
         writing straight into ``trainer.default_root_dir`` (so checkpoints land in
-        ``<default_root_dir>/checkpoints``)."""
+        ``<default_root_dir>/checkpoints``). Configured loggers (``configs/trainer/wandb.yaml``,
+        ``mlflow.yaml``) get the CSV logger beside them unless they list one; ``logger: false``
+        means none."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        _check_policy_path(config)
         _add_reliability_defaults(trainer)
-        if trainer.logger not in (None, True):
+        _choose_progress(trainer, interactive=sys.stdout.isatty())
+        if trainer.logger is False:
+            return
+        configured = trainer.logger not in (None, True)
+        if configured and _lists_csv(trainer.logger):
             return
         root = trainer.default_root_dir or "runs/default"
         trainer.default_root_dir = root
         csv = _logger("lightning_rlhf.loggers.HistoryCSVLogger", root)
         csv.init_args.append = bool(config.get("ckpt_path"))  # a resume continues metrics.csv
+        if configured:
+            others = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+            trainer.logger = [csv, *others]
+            return
         trainer.logger = [csv]
         if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
             trainer.logger.append(_logger("lightning.pytorch.loggers.TensorBoardLogger", root))
@@ -90,9 +104,30 @@ class RLHFCLI(LightningCLI):
         if getattr(self, "_resume", None) is not None:
             (path, checkpoint), self._resume = self._resume, None
             check_resume_config(path, checkpoint, self.model.hparams, self.datamodule.hparams)
+            # for this fit only (after_fit restores the filters):
+            self._resume_filters = warnings.catch_warnings()
+            self._resume_filters.__enter__()
             # Lightning's "dataloader is not resumable" looks for a stateful DataLoader; ours
             # resume mid-epoch through their samplers (tests/test_resume.py), so it is wrong here
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that")
+            # a resume continues in the directory it left: its checkpoints are expected there
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+
+    def after_fit(self) -> None:
+        """Put back the warning filters a resume's ``before_fit`` changed."""
+        filters, self._resume_filters = getattr(self, "_resume_filters", None), None
+        if filters is not None:
+            filters.__exit__(None, None, None)
+
+
+def _check_policy_path(config: Namespace) -> None:
+    """A policy to load from a missing local path (the SFT export, say) fails here, before any
+    model is built or data tokenised, saying which run makes it."""
+    init_args = config.get("model") and config.model.get("init_args")
+    policy = init_args.get("policy") if init_args else None
+    path = policy.get("name_or_path") if isinstance(policy, Namespace) else None
+    if path and policy.get("config") is None:
+        check_model_path(path)
 
 
 def _add_reliability_defaults(trainer: Namespace) -> None:
@@ -107,6 +142,26 @@ def _add_reliability_defaults(trainer: Namespace) -> None:
         if class_path.rsplit(".", 1)[-1] not in listed:
             callbacks.append(Namespace(class_path=class_path, init_args=Namespace()))
     trainer.callbacks = callbacks
+
+
+def _choose_progress(trainer: Namespace, interactive: bool) -> None:
+    """A progress bar on a terminal; elsewhere (a log file, a scheduler's log) ``LineProgress``
+    lines instead of a bar that shows only at exit. ``enable_progress_bar`` set to true or false
+    keeps the bar or no progress at all; a ``LineProgress`` in the config is kept as configured."""
+    callbacks = trainer.callbacks
+    listed = any(str(getattr(c, "class_path", "")).endswith("LineProgress") for c in callbacks)
+    if listed:
+        trainer.enable_progress_bar = False
+    elif trainer.enable_progress_bar is None and not interactive:
+        trainer.enable_progress_bar = False
+        line = Namespace(class_path="lightning_rlhf.callbacks.LineProgress", init_args=Namespace())
+        callbacks.append(line)
+
+
+def _lists_csv(loggers) -> bool:
+    """Whether the configured logger(s) include a CSV logger (``metrics.csv``)."""
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    return any(str(getattr(x, "class_path", "")).endswith("CSVLogger") for x in loggers)
 
 
 def _logger(class_path: str, root: str) -> Namespace:

@@ -4,7 +4,10 @@ Trains SFT on the arithmetic task's noisy demonstrations with a tiny model from 
 reward model, then every algorithm in :data:`STAGES` (the demo's one table: a config under
 ``configs/`` plus overrides), each through the same ``fit`` machinery. The algorithms know nothing
 of the demo. Writes
-``results.md``, ``results.csv`` and ``reward_vs_kl.png`` into the run directory.
+``results.md`` (with the ``fit`` command of each row), ``results.csv`` and ``reward_vs_kl.png``
+into the run directory (``runs/`` by default, where the configs look for the SFT and reward-model
+exports), and keeps only what the table and later stages need there (checkpoints of finished
+stages are deleted unless ``--keep-checkpoints``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import csv
 import json
 import logging
+import shlex
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +26,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.callbacks import evaluate_policy
+from lightning_rlhf.callbacks.progress import format_duration
 from lightning_rlhf.data.tasks import get_task
 from lightning_rlhf.models import frozen_copy
+from lightning_rlhf.plot import reward_vs_kl
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PLOT = "reward_vs_kl.png"
+#: the demo's run directory: where every config under configs/ looks for the SFT and RM exports
+DEFAULT_OUT = "runs"
 COLUMNS = [
     "algorithm",
     "accuracy",
@@ -121,19 +131,29 @@ def registered_stages() -> list[DemoStage]:
     return list(STAGES)
 
 
+def stage_args(stage: DemoStage, run: Path, quick: bool, configs: Path = CONFIGS) -> list[str]:
+    """The ``fit`` arguments of a stage (the demo's overrides, ``{run}`` expanded)."""
+    pairs = ["--config", str(configs / stage.config)]
+    pairs += ["--trainer.default_root_dir", str(run / stage.name)]
+    pairs += [a.format(run=run) for a in stage.overrides]
+    if quick:
+        pairs += [a.format(run=run) for a in stage.quick]
+    options: dict[str, str] = {}  # a repeated option keeps its first place and its last value
+    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+        options[key] = value
+    return [x for item in options.items() for x in item]
+
+
+def fit_command(stage: DemoStage, run: Path, quick: bool) -> str:
+    """The shell command that reproduces a stage from the repository root."""
+    args = stage_args(stage, run, quick, configs=Path("configs"))
+    return shlex.join(["python", "-m", "lightning_rlhf", "fit", *args])
+
+
 def _fit(stage: DemoStage, run: Path, quick: bool) -> tuple[object, float]:
     from lightning_rlhf.cli import RLHFCLI
 
-    args = [
-        "--config",
-        str(CONFIGS / stage.config),
-        "--trainer.default_root_dir",
-        str(run / stage.name),
-    ]
-    args += [a.format(run=run) for a in stage.overrides]
-    if quick:
-        args += [a.format(run=run) for a in stage.quick]
-    cli = RLHFCLI(args=args, run=False)
+    cli = RLHFCLI(args=stage_args(stage, run, quick), run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli, time.perf_counter() - start
@@ -172,19 +192,37 @@ def _teacher_row(eval_prompts: int) -> dict:
     }
 
 
-def write_results(rows: list[dict], run: Path) -> None:
-    """results.md / results.csv, and reward_vs_kl.png when matplotlib is installed."""
+def write_results(rows: list[dict], run: Path, commands: dict[str, str] | None = None) -> None:
+    """results.md (the table, then the ``fit`` command of each row), results.csv, and
+    reward_vs_kl.png when matplotlib is installed. Written after every stage, printed at the end
+    (:func:`print_summary`)."""
     columns = COLUMNS + [c for c in ("pairwise_accuracy", "error") if any(c in r for r in rows)]
     with (run / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    text = markdown_table(rows, columns)
+    if commands:
+        text += "\n\nEach row again, from the repository root:\n\n" + "\n".join(
+            f"- {name}: `{command}`" for name, command in commands.items()
+        )
+    (run / "results.md").write_text(text + "\n")
+    reward_vs_kl(rows, run / PLOT)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    table = "\n".join(lines)
-    (run / "results.md").write_text(table + "\n")
-    print("\n" + table + "\n")
-    _plot(rows, run / "reward_vs_kl.png")
+    return "\n".join(lines)
+
+
+def print_summary(rows: list[dict], run: Path) -> None:
+    """The table once, at the end, and where the files are."""
+    columns = COLUMNS + [c for c in ("pairwise_accuracy", "error") if any(c in r for r in rows)]
+    print("\n" + markdown_table(rows, columns) + "\n")
+    plot = run / PLOT
+    print(f"table and commands: {run / 'results.md'}\nCSV: {run / 'results.csv'}")
+    print(f"plot: {plot}" if plot.exists() else "plot: none (pip install 'lightning-rlhf[demo]')")
 
 
 def _fmt(value) -> str:
@@ -193,29 +231,41 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _plot(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        rank_zero_info(
-            "matplotlib is not installed: no reward_vs_kl.png (pip install 'lightning-rlhf[demo]')"
+def _selected(only: list[str] | None) -> list[DemoStage]:
+    """The stages to run: ``only`` (sft and reward_model always, later stages start from them),
+    after checking every name in ``only`` is a stage."""
+    stages = registered_stages()
+    names = [s.name for s in stages]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ValueError(
+            f"demo --only: unknown stage {', '.join(map(repr, unknown))}; the stages are: "
+            + ", ".join(names)
         )
-        return
-    points = [r for r in rows if r.get("kl") is not None and r.get("reward") is not None]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    markers = "osD^v<>phX*"
-    for i, r in enumerate(points):
-        ax.scatter(r["kl"], r["reward"], marker=markers[i % len(markers)], label=r["algorithm"])
-    ax.set_xlabel("KL(policy || SFT) per response (nats)")
-    ax.set_ylabel("held-out reward (greedy)")
-    ax.set_title("arithmetic with noisy demonstrations")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    keep = set(only or names) | {"sft", "reward_model"}
+    return [s for s in stages if s.name in keep]
+
+
+def _announce(k: int, stages: list[DemoStage], walls: list[float], start: float) -> None:
+    stage, n = stages[k - 1], len(stages)
+    eta = ""
+    if walls:  # the mean stage so far, times the stages left
+        eta = f", ETA ~{format_duration(sum(walls) / len(walls) * (n - k + 1))}"
+    elapsed = format_duration(time.perf_counter() - start)
+    rank_zero_info(
+        f"\n=== demo stage {k} of {n}: {stage.name} ({stage.config}) | {elapsed} elapsed{eta} ==="
+    )
+
+
+def _drop_checkpoints(stage_dir: Path) -> None:
+    """Delete a finished stage's checkpoints (its export and row stay): the table does not need
+    them, and they are most of a demo's disk use."""
+    checkpoints = stage_dir / "checkpoints"
+    if checkpoints.is_dir():
+        size = sum(p.stat().st_size for p in checkpoints.rglob("*") if p.is_file())
+        shutil.rmtree(checkpoints)
+        mib = size / 2**20
+        rank_zero_info(f"removed {checkpoints} ({mib:.1f} MiB; --keep-checkpoints keeps them)")
 
 
 def run_demo(
@@ -224,38 +274,44 @@ def run_demo(
     only: list[str] | None = None,
     eval_prompts: int = 500,
     reuse: bool = False,
+    keep_checkpoints: bool = False,
 ) -> list[dict]:
     """Train and evaluate every stage; return the table's rows (also written to ``run``).
 
     With ``reuse``, a stage whose ``row.json`` and ``export/`` already exist in ``run`` is not
     trained again: its row is read back (and the SFT export reloaded as the KL reference).
     """
+    stages = _selected(only)
     run.mkdir(parents=True, exist_ok=True)
-    rows, reference = [_teacher_row(eval_prompts)], None
-    for stage in registered_stages():
-        if only and stage.name not in only and stage.name not in ("sft", "reward_model"):
-            continue
+    rows, reference, walls, start = [_teacher_row(eval_prompts)], None, [], time.perf_counter()
+    commands = {s.name: fit_command(s, run, quick) for s in stages}
+    for k, stage in enumerate(stages, start=1):
         done = run / stage.name / "row.json"
         if reuse and done.exists() and (run / stage.name / "export").exists():
-            rank_zero_info(f"=== demo stage: {stage.name}: reusing {done} ===")
+            rank_zero_info(f"=== demo stage {k} of {len(stages)}: {stage.name}: reusing {done} ===")
             rows.append(json.loads(done.read_text()))
             if stage.name == "sft":
                 reference = _load_reference(run / "sft" / "export")
-        else:
-            rank_zero_info(f"\n=== demo stage: {stage.name} ({stage.config}) ===")
-            try:
-                cli, wall = _fit(stage, run, quick)
-            except Exception as err:  # one broken stage must not cost the others their rows
-                if stage.name in ("sft", "reward_model"):
-                    raise  # every later stage starts from these
-                logging.getLogger(__name__).exception("demo stage %s failed", stage.name)
-                rows.append({"algorithm": stage.name, "error": _first_line(err)})
-                write_results(rows, run)
-                continue
-            rows.append(_row(stage, cli, wall, reference, eval_prompts))
-            if stage.name == "sft":
-                reference = frozen_copy(cli.model.policy)
-        write_results(rows, run)
+            continue
+        _announce(k, stages, walls, start)
+        began = time.perf_counter()
+        try:
+            cli, wall = _fit(stage, run, quick)
+        except Exception as err:  # one broken stage must not cost the others their rows
+            if stage.name in ("sft", "reward_model"):
+                raise  # every later stage starts from these
+            logging.getLogger(__name__).exception("demo stage %s failed", stage.name)
+            rows.append({"algorithm": stage.name, "error": _first_line(err)})
+            write_results(rows, run, commands)
+            continue
+        rows.append(_row(stage, cli, wall, reference, eval_prompts))
+        if stage.name == "sft":
+            reference = frozen_copy(cli.model.policy)
+        if not keep_checkpoints:
+            _drop_checkpoints(run / stage.name)
+        walls.append(time.perf_counter() - began)
+        write_results(rows, run, commands)
+    write_results(rows, run, commands)
     return rows
 
 
@@ -272,7 +328,9 @@ def _load_reference(path: Path) -> torch.nn.Module:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lightning_rlhf demo", description=__doc__)
-    parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="run directory (default runs, where the configs look)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a ~2 minute version (fewer steps and data)"
     )
@@ -285,10 +343,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="keep stages already trained in --out (row.json)"
     )
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep each stage's checkpoints/"
+    )
     args = parser.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    _selected(only)  # an unknown stage name fails here, before anything runs
     torch.set_float32_matmul_precision("high")
-    only = args.only.split(",") if args.only else None
-    rows = run_demo(Path(args.out), args.quick, only, args.eval_prompts, reuse=args.reuse)
+    run = Path(args.out)
+    rows = run_demo(run, args.quick, only, args.eval_prompts, args.reuse, args.keep_checkpoints)
+    print_summary(rows, run)
     failed = [r["algorithm"] for r in rows if "error" in r]
     if failed:
         raise SystemExit(f"demo: stages failed: {', '.join(failed)} (see results.md and the log)")

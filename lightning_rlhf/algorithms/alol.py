@@ -126,6 +126,7 @@ class ALoL(RLHFModule):
         )
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         for logger in self.loggers:
             logger.log_metrics({f"offline/{k}": v for k, v in self.table.stats.items()}, 0)
 

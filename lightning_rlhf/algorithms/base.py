@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -290,7 +291,10 @@ class RLHFModule(L.LightningModule):
         self.tokens_seen += int(attention_mask.sum())
 
     def log_stats(self, prefix: str, stats: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
-        """Log every entry of a loss's stats dict under ``prefix/``."""
+        """Log every entry of a loss's stats dict under ``prefix/`` (nothing outside a Trainer:
+        scripts and tests that drive a module by hand get no warning per entry)."""
+        if self._trainer is None:
+            return
         batch_size = kwargs.pop("batch_size", None)
         for key, value in stats.items():
             value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
@@ -304,6 +308,21 @@ class RLHFModule(L.LightningModule):
         for key in [k for k in state if k[len(prefix) :].split(".", 1)[0] in self.frozen_modules]:
             del state[key]
         return state
+
+    def on_train_start(self) -> None:
+        """Warn about modules in eval mode that should train with dropout on (Lightning's own
+        check, silenced in :mod:`lightning_rlhf.quiet`, would also count the frozen models)."""
+        if not self.dropout_in_training:
+            return  # on-policy RL runs every module in eval mode on purpose
+        stray = sorted(
+            {n.split(".", 1)[0] for n, m in self.named_modules() if n and not m.training}
+            - set(self.frozen_modules)
+        )
+        if stray:
+            rank_zero_warn(
+                f"{type(self).__name__}: {', '.join(stray)} in eval mode at the start of training "
+                "(dropout off where the algorithm trains with it on)"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen

@@ -102,7 +102,7 @@ class ReMax(SequencePolicyGradient):
             greedy = self.sample(exp.input_ids[:, :p], exp.attention_mask[:, :p], do_sample=False)
         with timed(timings, "score", self.device):
             baseline = self.score(exp.extra["prompts"], greedy.responses)  # (N,)
-        self.log("rollout/greedy_reward", baseline.mean(), batch_size=exp.num_rows)
+        self.log_stats("rollout", {"greedy_reward": baseline.mean()}, batch_size=exp.num_rows)
         # the same scale (running std, clip) as exp.scores, without updating the statistics
         baseline = normalize_rewards(
             baseline, self.reward_moments, clip=self.hparams.reward_clip, update=False

@@ -39,6 +39,8 @@ from lightning_rlhf.rl.rollout import Rollout, generate, rank_seed
 from lightning_rlhf.strategies import gathered, release, shard_causal_lm
 
 log = logging.getLogger(__name__)
+#: the phases running now, innermost last, as (name, perf_counter start): progress reports read it
+ACTIVE_PHASES: list[tuple[str, float]] = []
 
 
 @contextmanager
@@ -47,9 +49,11 @@ def timed(timings: dict[str, float], name: str, device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
+    ACTIVE_PHASES.append((name, start))
     try:
         yield
     finally:
+        ACTIVE_PHASES.pop()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

@@ -1,15 +1,18 @@
 """Callbacks shared by every algorithm: task evaluation, sample logging, Hugging Face export,
-and the set the CLI adds by default (preemption, RNG state, resume checks, the memory plan)."""
+progress lines for log files, and the set the CLI adds by default (preemption, RNG state, resume
+checks, the memory plan)."""
 
 from lightning_rlhf.callbacks.export import HFExport
 from lightning_rlhf.callbacks.memory_plan import MemoryPlan
 from lightning_rlhf.callbacks.preemption import Preemption
+from lightning_rlhf.callbacks.progress import LineProgress
 from lightning_rlhf.callbacks.resume import ResumeCheck
 from lightning_rlhf.callbacks.rng_state import RNGState
 from lightning_rlhf.callbacks.task_eval import SampleLogger, TaskEval, evaluate_policy
 
 __all__ = [
     "HFExport",
+    "LineProgress",
     "MemoryPlan",
     "Preemption",
     "RNGState",

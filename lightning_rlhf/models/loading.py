@@ -7,7 +7,11 @@ the tests and the demo do), with dtype, gradient checkpointing and optional LoRA
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -63,16 +67,33 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _check_source(cfg: ModelConfig) -> None:
+#: what to run first when an export the shipped configs start from is missing
+MAKES_EXPORT = {
+    "sft": "run SFT first: python -m lightning_rlhf fit --config configs/sft/arithmetic.yaml",
+    "reward_model": "train the reward model first: python -m lightning_rlhf fit --config "
+    "configs/reward_model/arithmetic.yaml",
+}
+
+
+def check_model_source(cfg: ModelConfig) -> None:
+    """One source (``name_or_path`` or ``config``), and a local path that exists."""
     if (cfg.name_or_path is None) == (cfg.config is None):
         raise ValueError(
             "model: set exactly one of `name_or_path` (load) or `config` (build from scratch)"
         )
-    path = cfg.name_or_path
-    looks_local = path is not None and (path.startswith((".", "/", "~")) or path.count("/") > 1)
+    if cfg.name_or_path is not None:
+        check_model_path(cfg.name_or_path)
+
+
+def check_model_path(path: str) -> None:
+    """A local-looking ``name_or_path`` must exist; a missing ``<stage>/export`` says which run
+    makes it. Cheap: the CLI calls it before anything is built or any data read."""
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not Path(path).expanduser().exists():
+        hint = MAKES_EXPORT.get(Path(path).parent.name) if Path(path).name == "export" else None
         raise FileNotFoundError(
             f"model: name_or_path {path!r} does not exist (a local path was given)"
+            + (f": {hint} (or python -m lightning_rlhf demo)" if hint else "")
         )
 
 
@@ -105,7 +126,7 @@ def _load(
     require_all_weights: bool = False,
     **kwargs,
 ) -> PreTrainedModel:
-    _check_source(cfg)
+    check_model_source(cfg)
     if cfg.config is not None:
         model = _from_config(cfg, tokenizer, auto_cls, **kwargs)
     else:
@@ -191,13 +212,43 @@ def load_reward_model(
     keeps its backbone and adds a freshly initialised score head; with ``require_trained_head``
     (scoring with the model as it is) that is refused with :class:`UntrainedWeightsError`.
     """
-    return _load(
-        cfg,
-        tokenizer,
-        AutoModelForSequenceClassification,
-        require_all_weights=require_trained_head,
-        num_labels=1,
+    quiet = contextlib.nullcontext() if require_trained_head else _quiet_head_swap_report()
+    with quiet:
+        return _load(
+            cfg,
+            tokenizer,
+            AutoModelForSequenceClassification,
+            require_all_weights=require_trained_head,
+            num_labels=1,
+        )
+
+
+#: a row of transformers' load report: ``key | STATUS | ...``
+_REPORT_ROW = re.compile(r"^\s*(\S+)\s*\|\s*(UNEXPECTED|MISSING|MISMATCH\w*)\b")
+
+
+def _is_head_swap_report(message: str) -> bool:
+    """Whether a transformers load report lists only what starting a reward model from a causal
+    LM must give: the LM head unused (UNEXPECTED) and the new score head (MISSING)."""
+    rows = [m.groups() for m in map(_REPORT_ROW.match, message.splitlines()) if m]
+    expected = {"UNEXPECTED": "lm_head", "MISSING": "score"}
+    return (
+        "LOAD REPORT" in message
+        and bool(rows)
+        and all(key.startswith(expected.get(status, "\0")) for key, status in rows)
     )
+
+
+@contextlib.contextmanager
+def _quiet_head_swap_report() -> Iterator[None]:
+    """Drop transformers' 10-line load report when it says only that (any other report shows)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    keep = lambda record: not _is_head_swap_report(record.getMessage())
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:
