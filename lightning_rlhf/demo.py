@@ -201,13 +201,28 @@ def write_results(rows: list[dict], run: Path, commands: dict[str, str] | None =
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    text = markdown_table(rows, columns)
+    text = f"Measured with {environment()}.\n\n" + markdown_table(rows, columns)
     if commands:
         text += "\n\nEach row again, from the repository root:\n\n" + "\n".join(
             f"- {name}: `{command}`" for name, command in commands.items()
         )
     (run / "results.md").write_text(text + "\n")
     reward_vs_kl(rows, run / PLOT)
+
+
+def environment() -> str:
+    """The versions and machine a table was measured with (results.md's first line): the demo's
+    numbers depend on them (the same seed gives other numbers under other versions)."""
+    import importlib.metadata as metadata
+    import os
+    import platform
+
+    names = ("torch", "transformers", "lightning", "datasets")
+    versions = ", ".join(f"{n} {metadata.version(n)}" for n in names)
+    return (
+        f"python {platform.python_version()}, {versions} on {platform.system()} "
+        f"{platform.machine()} with {os.cpu_count()} CPU cores"
+    )
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

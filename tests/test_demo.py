@@ -31,7 +31,9 @@ def test_quick_demo_runs_every_stage(tmp_path):
             assert 0.0 <= float(row[key]) <= 1.0, (row["algorithm"], key)
         assert float(row["kl"]) >= -0.05, row["algorithm"]  # a sampled estimate, ~0 for SFT
         assert float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) > 0
-    assert (tmp_path / "results.md").read_text().startswith("| algorithm |")
+    first, _, table = (tmp_path / "results.md").read_text().partition("\n\n")
+    assert first.startswith("Measured with python ") and " torch " in first, first
+    assert table.startswith("| algorithm |")
     assert (tmp_path / "reward_vs_kl.png").stat().st_size > 1000
     assert (tmp_path / "sft" / "export" / "model.safetensors").exists()
     assert not list(tmp_path.glob("*/checkpoints")), "finished stages keep no checkpoints"
