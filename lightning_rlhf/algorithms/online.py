@@ -329,6 +329,19 @@ class OnlineRLModule(RLHFModule):
             stats["zero_variance_frac"] = self._watch_zero_variance(raw.view(-1, exp.group_size))
         self.log_stats("rollout", stats, prog_bar=False, batch_size=exp.num_rows)
 
+    def _log_counters(self) -> None:
+        """``rollout`` (rollouts done, this one included) and ``optimizer_step`` (optimiser steps
+        done, the count ``trainer.max_steps`` limits) beside each step's metrics; Lightning's own
+        ``step`` column of ``metrics.csv`` counts the rollouts before this one."""
+        if self._trainer is None:
+            return
+        counters = {
+            "rollout": self.trainer.fit_loop.epoch_loop.batch_progress.total.ready,
+            "optimizer_step": self.global_step,
+        }
+        for name, value in counters.items():
+            self.log(name, float(value), on_step=True, on_epoch=False, batch_size=1)
+
     def _watch_zero_variance(self, rewards: torch.Tensor) -> torch.Tensor:
         """The fraction of (G, K) groups with equal rewards; warn once on a run of all-zero."""
         frac = zero_variance_groups(rewards).float().mean()
@@ -361,6 +374,7 @@ class OnlineRLModule(RLHFModule):
         if stats:
             self.log_stats("train", stats, prog_bar=True, batch_size=exp.num_rows)
         self.log_stats("time", timings, batch_size=exp.num_rows)
+        self._log_counters()
         self.count_tokens(exp.attention_mask)
         self.last_timings = {**timings, "tokens": float(exp.attention_mask.sum())}
         # the next rollout's coefficient (a no-op unless kl_target is set)
