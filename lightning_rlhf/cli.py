@@ -59,6 +59,7 @@ class RLHFCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
         _add_reliability_defaults(trainer)
+        _add_progress_bar_default(trainer)
         if trainer.logger not in (None, True):
             return
         root = trainer.default_root_dir or "runs/default"
@@ -106,6 +107,18 @@ def _add_reliability_defaults(trainer: Namespace) -> None:
         if class_path.rsplit(".", 1)[-1] not in listed:
             callbacks.append(Namespace(class_path=class_path, init_args=Namespace()))
     trainer.callbacks = callbacks
+
+
+def _add_progress_bar_default(trainer: Namespace) -> None:
+    """``callbacks.EpochProgressBar`` (no "Epoch 0/-2") where Lightning would pick its Rich bar:
+    the bar is on, ``rich`` is installed and the config names no progress bar of its own."""
+    if trainer.enable_progress_bar is False or not importlib.util.find_spec("rich"):
+        return
+    names = [str(getattr(c, "class_path", "")).rsplit(".", 1)[-1] for c in trainer.callbacks]
+    if not any("ProgressBar" in name for name in names):
+        trainer.callbacks.append(
+            Namespace(class_path="lightning_rlhf.callbacks.EpochProgressBar", init_args=Namespace())
+        )
 
 
 def _logger(class_path: str, root: str) -> Namespace:

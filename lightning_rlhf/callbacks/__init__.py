@@ -1,13 +1,16 @@
 """Callbacks shared by every algorithm: task evaluation, sample logging, Hugging Face export,
-and the reliability set the CLI adds by default (preemption, RNG state, resume checks)."""
+the reliability set the CLI adds by default (preemption, RNG state, resume checks) and its
+default progress bar."""
 
 from lightning_rlhf.callbacks.export import HFExport
 from lightning_rlhf.callbacks.preemption import Preemption
+from lightning_rlhf.callbacks.progress_bar import EpochProgressBar
 from lightning_rlhf.callbacks.resume import ResumeCheck
 from lightning_rlhf.callbacks.rng_state import RNGState
 from lightning_rlhf.callbacks.task_eval import SampleLogger, TaskEval, evaluate_policy
 
 __all__ = [
+    "EpochProgressBar",
     "HFExport",
     "Preemption",
     "RNGState",
