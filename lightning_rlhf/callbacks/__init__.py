@@ -1,10 +1,11 @@
-"""Callbacks shared by every algorithm: task evaluation, sample logging, Hugging Face export,
-the reliability set the CLI adds by default (preemption, RNG state, resume checks) and its
-default progress bar."""
+"""Callbacks shared by every algorithm: held-out evaluation (built-in tasks, or the user's prompts
+and scorer), sample logging, Hugging Face export, the reliability set the CLI adds by default
+(preemption, RNG state, resume checks) and its default progress bar."""
 
 from lightning_rlhf.callbacks.export import HFExport
 from lightning_rlhf.callbacks.preemption import Preemption
 from lightning_rlhf.callbacks.progress_bar import EpochProgressBar
+from lightning_rlhf.callbacks.prompt_eval import PromptEval
 from lightning_rlhf.callbacks.resume import ResumeCheck
 from lightning_rlhf.callbacks.rng_state import RNGState
 from lightning_rlhf.callbacks.task_eval import SampleLogger, TaskEval, evaluate_policy
@@ -13,6 +14,7 @@ __all__ = [
     "EpochProgressBar",
     "HFExport",
     "Preemption",
+    "PromptEval",
     "RNGState",
     "ResumeCheck",
     "SampleLogger",
