@@ -29,7 +29,14 @@ from lightning_rlhf.losses.masked import masked_mean
 from lightning_rlhf.models import ModelConfig, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController
-from lightning_rlhf.rl.rewards import RunningMoments, load_reward, normalize_rewards
+from lightning_rlhf.rl.rewards import (
+    RewardSpec,
+    RunningMoments,
+    WeightedReward,
+    check_reward_weights,
+    load_rewards,
+    normalize_rewards,
+)
 from lightning_rlhf.rl.rollout import Rollout, generate
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,12 @@ class OnlineRLModule(RLHFModule):
     Args:
         policy: the policy to train (usually the SFT export); the reference is a frozen copy
             (or, with LoRA, the same model with its adapter disabled).
-        reward: a scorer ``module:function`` or a reward-model export directory.
+        reward: a scorer ``module:function`` or a reward-model export directory, or a list of
+            them whose rewards are summed with ``reward_weights`` (TRL's ``reward_funcs``); each
+            one's mean is logged as ``rollout/reward/<name>`` beside the total's
+            ``rollout/reward`` (names: ``rl.rewards.reward_names``).
+        reward_weights: one weight per reward of the list (TRL's ``reward_weights``); None: 1.0
+            each.
         samples_per_prompt: K responses sampled per prompt.
         max_new_tokens, temperature, top_p, top_k: sampling options of the rollout; log-probs
             (old, reference and current) are taken at the same temperature.
@@ -98,7 +110,8 @@ class OnlineRLModule(RLHFModule):
     def __init__(
         self,
         policy: ModelConfig,
-        reward: str,
+        reward: RewardSpec,
+        reward_weights: list[float] | None = None,
         samples_per_prompt: int = 1,
         max_new_tokens: int = 16,
         temperature: float = 1.0,
@@ -122,6 +135,7 @@ class OnlineRLModule(RLHFModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
+        check_reward_weights(reward, reward_weights, where=type(self).__name__)
         check_clip_range(*self.clip_range, None, where=type(self).__name__)
         check_range(self, "samples_per_prompt", samples_per_prompt, ge=1)
         check_range(self, "max_new_tokens", max_new_tokens, ge=1)
@@ -189,7 +203,10 @@ class OnlineRLModule(RLHFModule):
         """The reward callable ``(prompts, responses) -> (B,)``, built on first use on our device
         (kept out of ``nn.Module`` registration, so it is never trained or checkpointed)."""
         if self._reward_fn is None:
-            self._reward_fn = load_reward(self.hparams.reward, tokenizer=None, device=self.device)
+            hp = self.hparams
+            self._reward_fn = load_rewards(
+                hp.reward, hp.get("reward_weights"), where=type(self).__name__, device=self.device
+            )
         return self._reward_fn
 
     def trainable_groups(self) -> list[dict[str, Any]]:
@@ -213,6 +230,17 @@ class OnlineRLModule(RLHFModule):
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """Raw rewards: (B,) fp32 on our device."""
         return self.reward_fn(prompts, responses).to(self.device, torch.float32)
+
+    def score_parts(
+        self, prompts: list[str], responses: list[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Raw rewards (B,) fp32 on our device and, for several rewards, each one's (B,)
+        unweighted scores by name (empty for one reward)."""
+        fn = self.reward_fn
+        if not isinstance(fn, WeightedReward) or len(fn.rewards) == 1:
+            return self.score(prompts, responses), {}
+        parts = fn.parts(prompts, responses)
+        return fn.total(parts).to(self.device, torch.float32), parts
 
     def logprobs(
         self, model: nn.Module, exp: Experience, *, entropy: bool = False
@@ -267,7 +295,7 @@ class OnlineRLModule(RLHFModule):
         with timed(timings, "generate", self.device):
             rollout = self.sample(prompt_ids, prompt_mask)
         with timed(timings, "score", self.device):
-            raw = self.score(prompts, rollout.responses)  # (N,)
+            raw, parts = self.score_parts(prompts, rollout.responses)  # (N,), name -> (N,)
         input_ids, attention_mask, _ = rollout.sequences()  # (N, P + T)
         exp = Experience(
             input_ids=input_ids,
@@ -279,7 +307,12 @@ class OnlineRLModule(RLHFModule):
             ref_logprobs=torch.empty(0),
             scores=raw,
             group_size=k,
-            extra={"prompts": prompts, "responses": rollout.responses, "raw_scores": raw},
+            extra={
+                "prompts": prompts,
+                "responses": rollout.responses,
+                "raw_scores": raw,
+                "reward_parts": parts,
+            },
         )
         with timed(timings, "logprobs", self.device):
             if self._on_policy(exp):
@@ -325,6 +358,8 @@ class OnlineRLModule(RLHFModule):
             .float()
             .mean(),
         }
+        parts = exp.extra.get("reward_parts", {})  # name -> (N,), with several rewards
+        stats.update({f"reward/{name}": part.mean() for name, part in parts.items()})
         if exp.group_size > 1:
             stats["zero_variance_frac"] = self._watch_zero_variance(raw.view(-1, exp.group_size))
         self.log_stats("rollout", stats, prog_bar=False, batch_size=exp.num_rows)
