@@ -22,6 +22,8 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lightning_rlhf.data.collate import pad, tokenize_prompts, tokenize_responses
+from lightning_rlhf.data.formats import BUILTIN_PREFIX
+from lightning_rlhf.data.tasks import TASKS
 from lightning_rlhf.models import ModelConfig, load_reward_model, sequence_scores
 
 
@@ -234,8 +236,9 @@ def load_reward(
 
     Args:
         spec: "module:function" (a Python scorer returning list[float], e.g.
-            "lightning_rlhf.data.tasks.arithmetic:reward") or a directory holding a sequence
-            classifier export (``config.json`` + weights + usually its tokenizer).
+            "lightning_rlhf.data.tasks.arithmetic:reward"), "builtin:<task>" (that built-in
+            task's reward: "builtin:arithmetic" is the same scorer) or a directory holding a
+            sequence classifier export (``config.json`` + weights + usually its tokenizer).
         tokenizer: the reward model's tokenizer when the export has none (ignored for scorers).
         device, batch_size: where and in what chunks a reward model scores.
         options: more :class:`RewardModelScorer` keywords (max_prompt_length, ...).
@@ -250,7 +253,19 @@ def load_reward(
     looks_like_path = spec.startswith((".", "/", "~")) or ("/" in spec and ":" not in spec)
     if looks_like_path:
         raise FileNotFoundError(f"reward spec {spec!r}: no such directory")
+    if spec.startswith(BUILTIN_PREFIX):
+        return _load_builtin(spec)
     return _load_python(spec)
+
+
+def _load_builtin(spec: str) -> PythonReward:
+    """``builtin:<task>``: the reward of a built-in task (as ``data.dataset`` names the task)."""
+    name = spec[len(BUILTIN_PREFIX) :]
+    if name not in TASKS:
+        raise RewardError(
+            f"reward spec {spec!r}: unknown built-in task {name!r}; known: {', '.join(TASKS)}"
+        )
+    return PythonReward(importlib.import_module(f"lightning_rlhf.data.tasks.{name}").reward, spec)
 
 
 RewardSpec = str | list[str]

@@ -129,6 +129,14 @@ def test_weighted_rewards_by_hand(fake_module):
     assert fn(PROMPTS, RESPONSES).dtype == torch.float32
 
 
+def test_builtin_task_reward_by_spec():
+    fn = load_reward("builtin:arithmetic")
+    torch.testing.assert_close(fn(PROMPTS, RESPONSES), torch.tensor([1.0, 0.25, 0.0]))
+    with pytest.raises(RewardError, match=r"unknown built-in task 'nope'; known: arithmetic$"):
+        load_reward("builtin:nope")
+    assert reward_names(["builtin:arithmetic", "runs/rm/export"]) == ["arithmetic", "rm"]
+
+
 def test_one_reward_is_a_sum_of_one_term():
     spec = "lightning_rlhf.data.tasks.arithmetic:reward"
     fn = load_rewards(spec)
