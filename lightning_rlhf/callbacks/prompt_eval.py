@@ -73,7 +73,10 @@ class PromptEval(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Read, check and tokenise the prompts before training (a bad file fails at once)."""
         if self._rows is None:
-            dataset = trainer.datamodule.prompt_dataset(self.prompts)
+            datamodule = getattr(trainer, "datamodule", None)
+            if not hasattr(datamodule, "prompt_dataset"):
+                raise ValueError("PromptEval: fit with an RLHFDataModule (it reads the prompts)")
+            dataset = datamodule.prompt_dataset(self.prompts)
             n = len(dataset) if self.num_prompts is None else min(self.num_prompts, len(dataset))
             self._rows = list(dataset.select(range(n)))
 
