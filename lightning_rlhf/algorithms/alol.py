@@ -28,7 +28,6 @@ from lightning_rlhf.offline.alol import (
     cache_key,
     prepare_alol,
 )
-from lightning_rlhf.rl.rewards import RewardSpec, check_reward_weights
 
 Variant = Literal[
     "nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free", "a_lol_seq", "a_lol_kl"
@@ -45,9 +44,7 @@ class ALoL(RLHFModule):
             (see ``lightning_rlhf/losses/README.md``, A-LoL).
         reward: ``module:function`` scorer or a reward-model export directory that scores the
             reference's responses for V's targets (and the training rows when the data has no
-            ``reward`` column), or a list of them summed with ``reward_weights`` (as the online
-            algorithms take them); null regresses V on the held-out rows' own rewards instead.
-        reward_weights: one weight per reward of the list; None: 1.0 each.
+            ``reward`` column); null regresses V on the held-out rows' own rewards instead.
         clip_eps, kl_beta, gold_floor: see :func:`lightning_rlhf.losses.alol.alol_loss`.
         value_head: :class:`ValueHeadOptions`.
         ref_logprobs: "precompute" (once over the data, cached) or "live" (a reference forward
@@ -65,8 +62,7 @@ class ALoL(RLHFModule):
     def __init__(
         self,
         policy: ModelConfig,
-        reward: RewardSpec | None,
-        reward_weights: list[float] | None = None,
+        reward: str | None,
         variant: Variant = "a_lol",
         clip_eps: float = 0.9,
         kl_beta: float = 0.0,
@@ -83,8 +79,6 @@ class ALoL(RLHFModule):
         check_range(self, "clip_eps", clip_eps, gt=0, lt=1)
         check_range(self, "kl_beta", kl_beta, ge=0)
         check_range(self, "gold_floor", gold_floor, ge=0, le=1)
-        if reward is not None or reward_weights is not None:
-            check_reward_weights(reward, reward_weights, where="ALoL")
         self.variant = variant
         self.value_options = value_head or ValueHeadOptions()
         self.value_head: torch.nn.Module | None = None
@@ -104,11 +98,10 @@ class ALoL(RLHFModule):
             datamodule=dm,
             reference=self.reference_model,
             reward=hp.reward,
-            reward_weights=hp.reward_weights,
             options=self.value_options,
             precompute_ref=hp.ref_logprobs == "precompute",
             cache_path=Path(hp.cache_path or Path(trainer.default_root_dir, "alol_cache.pt")),
-            cache_key=cache_key(self.policy_config, dm, hp.value_head, self._reward_key()),
+            cache_key=cache_key(self.policy_config, dm, hp.value_head, hp.reward),
             device=self.device,
         )
         barrier = lambda: trainer.strategy.barrier("alol_cache")
@@ -117,11 +110,6 @@ class ALoL(RLHFModule):
         if hp.priority_sampling:
             dm.set_sample_weights(self.table.priorities)
         self._log_table()
-
-    def _reward_key(self) -> Any:
-        """What the cache records of the scorer: the spec, and the weights when given."""
-        hp = self.hparams
-        return hp.reward if hp.reward_weights is None else [hp.reward, hp.reward_weights]
 
     def _log_table(self) -> None:
         stats, table = self.table.stats, self.table

@@ -24,7 +24,7 @@ from lightning_rlhf.losses.alol import VARIANTS, alol_priorities
 from lightning_rlhf.models import response_logprobs
 from lightning_rlhf.models.value_head import ValueHead, fit_value_head, prompt_hidden_states
 from lightning_rlhf.offline.cache import load_cache, save_cache
-from lightning_rlhf.rl.rewards import RewardSpec, load_rewards
+from lightning_rlhf.rl.rewards import load_reward
 from lightning_rlhf.rl.rollout import generate
 
 
@@ -94,8 +94,7 @@ class AlolSetup:
         variant: the A-LoL variant (decides what is computed).
         datamodule: a set-up ``RLHFDataModule`` (train / val datasets, collator, tokenizer).
         reference: a context manager factory yielding pi_ref.
-        reward: scorer spec (``module:function`` or a reward-model directory), a list of them
-            summed with ``reward_weights`` (``rl.rewards.load_rewards``), or None.
+        reward: scorer spec (``module:function`` or a reward-model directory), or None.
         options: :class:`ValueHeadOptions`.
         precompute_ref: cache the reference log-probs (else they are taken live per batch).
         cache_path: the cache file; cache_key: what the cache depends on (see ``cache_key``).
@@ -105,21 +104,18 @@ class AlolSetup:
     variant: str
     datamodule: Any
     reference: Callable[[], contextlib.AbstractContextManager[nn.Module]]
-    reward: RewardSpec | None
+    reward: str | None
     options: ValueHeadOptions
     precompute_ref: bool
     cache_path: Path
     cache_key: dict[str, str | None]
     device: torch.device
-    reward_weights: list[float] | None = None
     _scorer: Any = field(default=None, init=False, repr=False)
 
     def scorer(self) -> Any:
         """The reward function, loaded once."""
         if self._scorer is None:
-            self._scorer = load_rewards(
-                self.reward, self.reward_weights, where="ALoL", device=self.device
-            )
+            self._scorer = load_reward(self.reward, device=self.device)
         return self._scorer
 
 
@@ -191,7 +187,7 @@ def checked_rewards(ds: datasets.Dataset) -> torch.Tensor:
     return rewards
 
 
-def cache_key(policy: Any, dm: Any, value_head: Any, reward: Any) -> dict[str, str | None]:
+def cache_key(policy: Any, dm: Any, value_head: Any, reward: str | None) -> dict[str, str | None]:
     """What the cached values and reference log-probs depend on: the reference model (the
     policy's ``ModelConfig``), the tokenised training and validation rows (``datasets``
     fingerprints, which change with the data, the tokenizer and the length limits), the

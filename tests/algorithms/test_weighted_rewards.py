@@ -1,21 +1,16 @@
 """Several rewards with weights through the CLI: an online fit logs each reward's mean beside the
-weighted total, A-LoL scores unscored rows with the weighted sum, and a weights list that does not
-fit the rewards is one line with exit code 2."""
+weighted total, and a weights list that does not fit the rewards is one line with exit code 2."""
 
 from __future__ import annotations
 
 import csv
 
 import pytest
-import torch
 
-from lightning_rlhf.data.tasks import arithmetic
 from tests.algorithms.e2e import run_fit
-from tests.algorithms.online_helpers import digit_share, online_args
-from tests.algorithms.test_alol import _fit, _write_jsonl
+from tests.algorithms.online_helpers import online_args
 from tests.test_bad_input import cli_error
 
-ARITHMETIC = "lightning_rlhf.data.tasks.arithmetic:reward"
 DIGITS = "tests.algorithms.online_helpers:digit_share"
 ONE = "tests.algorithms.online_helpers:starts_with_one"
 
@@ -43,19 +38,3 @@ def test_weights_that_do_not_fit_are_one_line_through_the_cli(tmp_path, capsys, 
     line = cli_error(capsys, "grpo/arithmetic.yaml", tmp_path, "--model.init_args.reward",
                      f"[{DIGITS}, {ONE}]", "--model.init_args.reward_weights", weights)  # fmt: skip
     assert line.startswith(f"error: RewardError: {message}")
-
-
-def test_alol_scores_unscored_rows_with_weighted_rewards(tmp_path, sft_export):
-    rows = [{"prompt": f"{i}+1=", "response": str(i + 1 + i % 2) + "x" * (i % 3)}
-            for i in range(20)]  # fmt: skip
-    args = ("--data.dataset", _write_jsonl(tmp_path / "unscored.jsonl", rows),
-            "--data.val_split", "0.25", "--model.init_args.variant", "wbc",
-            "--model.init_args.reward", f"[{ARITHMETIC}, {DIGITS}]",
-            "--model.init_args.reward_weights", "[1.0, -0.5]")  # fmt: skip
-    cli, _ = _fit(tmp_path, sft_export, *args, steps=1)
-    ds = cli.datamodule.train_dataset
-    right = arithmetic.reward(ds["prompt"], ds["response"])
-    digits = digit_share(ds["prompt"], ds["response"])
-    expected = [a - 0.5 * d for a, d in zip(right, digits)]
-    assert len(set(expected)) > 2  # the rows differ in both rewards
-    torch.testing.assert_close(cli.model.table.rewards, torch.tensor(expected))
