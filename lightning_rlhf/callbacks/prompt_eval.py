@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.checks import check_range
 from lightning_rlhf.data.collate import RLHFCollator
-from lightning_rlhf.rl.rewards import RewardFunction, load_reward
+from lightning_rlhf.rl.rewards import RewardFunction, RewardSpec, check_reward_weights, load_rewards
 from lightning_rlhf.rl.rollout import generate
 
 
@@ -35,7 +35,9 @@ class PromptEval(L.Callback):
             (``data.columns``' prompt entry, ``hh_format``, ``chat_template`` and
             ``max_prompt_length`` apply); rows are checked when fitting starts.
         reward: a scorer as the online algorithms take it: ``module:function`` returning one
-            float per (prompt, response), or a reward-model export directory.
+            float per (prompt, response), ``builtin:<task>``, a reward-model export directory,
+            or a list of them summed with ``reward_weights``.
+        reward_weights: one weight per reward of the list; None: 1.0 each.
         correct_at: a response counts as correct when its reward is at least this (1.0 for a
             scorer giving 1 to a right answer and less otherwise); None: no accuracy.
         max_new_tokens: greedy decoding budget.
@@ -48,7 +50,8 @@ class PromptEval(L.Callback):
     def __init__(
         self,
         prompts: str,
-        reward: str,
+        reward: RewardSpec,
+        reward_weights: list[float] | None = None,
         correct_at: float | None = None,
         max_new_tokens: int = 32,
         num_prompts: int | None = None,
@@ -57,6 +60,7 @@ class PromptEval(L.Callback):
         after_validation: bool = False,
     ) -> None:
         where = "PromptEval"
+        check_reward_weights(reward, reward_weights, where)
         check_range(where, "max_new_tokens", max_new_tokens, ge=1)
         check_range(where, "num_prompts", num_prompts, ge=1)
         check_range(where, "num_samples", num_samples, ge=0)
@@ -64,6 +68,7 @@ class PromptEval(L.Callback):
         if correct_at is not None and not math.isfinite(correct_at):
             raise ValueError(f"PromptEval: correct_at must be a finite number, got {correct_at}")
         self.prompts, self.reward, self.correct_at = prompts, reward, correct_at
+        self.reward_weights = reward_weights
         self.max_new_tokens, self.num_prompts = max_new_tokens, num_prompts
         self.num_samples, self.batch_size = num_samples, batch_size
         self.after_validation = after_validation
@@ -153,5 +158,7 @@ class PromptEval(L.Callback):
     def scorer(self, device: torch.device) -> RewardFunction:
         """The reward function, loaded on first use (a reward model on ``device``)."""
         if self._scorer is None:
-            self._scorer = load_reward(self.reward, device=device)
+            self._scorer = load_rewards(
+                self.reward, self.reward_weights, where="PromptEval", device=device
+            )
         return self._scorer

@@ -9,7 +9,9 @@ import json
 
 import pytest
 
+from lightning_rlhf.callbacks import PromptEval
 from lightning_rlhf.data import DataError
+from lightning_rlhf.rl.rewards import RewardError
 from lightning_rlhf.rl.rollout import generate, left_pad_prompts
 from tests.algorithms.e2e import run_fit, tiny_policy
 
@@ -26,7 +28,9 @@ def _overlay(tmp_path, prompts_file) -> str:
     """A config overlay whose callbacks are PromptEval alone (after validation and at the end)."""
     init_args = {
         "prompts": str(prompts_file),
-        "reward": "tests.callbacks.test_prompt_eval:prompt_length_score",
+        # the list form of the online algorithms' reward: the task's reward runs, weighted 0
+        "reward": ["tests.callbacks.test_prompt_eval:prompt_length_score", "builtin:arithmetic"],
+        "reward_weights": [1.0, 0.0],
         "correct_at": 0.5,
         "max_new_tokens": 4,
         "num_samples": len(PROMPTS),
@@ -76,3 +80,12 @@ def test_prompt_eval_refuses_a_file_without_prompts_before_training(tmp_path):
                 _overlay(tmp_path, prompts_file), steps=2)  # fmt: skip
     assert str(prompts_file) in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def test_prompt_eval_checks_its_options_in_one_line():
+    with pytest.raises(RewardError, match=r"^PromptEval: reward_weights has 2 weight\(s\) for 1"):
+        PromptEval(prompts="p.jsonl", reward="builtin:arithmetic", reward_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"^PromptEval: correct_at must be a finite number, got"):
+        PromptEval(prompts="p.jsonl", reward="builtin:arithmetic", correct_at=float("nan"))
+    with pytest.raises(ValueError, match=r"^PromptEval: max_new_tokens must be >= 1, got 0$"):
+        PromptEval(prompts="p.jsonl", reward="builtin:arithmetic", max_new_tokens=0)
