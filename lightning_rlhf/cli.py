@@ -67,6 +67,7 @@ class RLHFCLI(LightningCLI):
         _check_policy_path(config)
         _add_reliability_defaults(trainer)
         _choose_progress(trainer, interactive=sys.stdout.isatty())
+        _add_progress_bar_default(trainer)
         if trainer.logger is False:
             return
         configured = trainer.logger not in (None, True)
@@ -147,11 +148,14 @@ def _add_reliability_defaults(trainer: Namespace) -> None:
 def _choose_progress(trainer: Namespace, interactive: bool) -> None:
     """A progress bar on a terminal; elsewhere (a log file, a scheduler's log) ``LineProgress``
     lines instead of a bar that shows only at exit. ``enable_progress_bar`` set to true or false
-    keeps the bar or no progress at all; a ``LineProgress`` in the config is kept as configured."""
+    keeps the bar or no progress at all; a ``LineProgress`` or a progress bar in the config is
+    kept as configured."""
     callbacks = trainer.callbacks
-    listed = any(str(getattr(c, "class_path", "")).endswith("LineProgress") for c in callbacks)
-    if listed:
+    names = [str(getattr(c, "class_path", "")).rsplit(".", 1)[-1] for c in callbacks]
+    if "LineProgress" in names:
         trainer.enable_progress_bar = False
+    elif any("ProgressBar" in name for name in names):
+        return
     elif trainer.enable_progress_bar is None and not interactive:
         trainer.enable_progress_bar = False
         line = Namespace(class_path="lightning_rlhf.callbacks.LineProgress", init_args=Namespace())
@@ -162,6 +166,18 @@ def _lists_csv(loggers) -> bool:
     """Whether the configured logger(s) include a CSV logger (``metrics.csv``)."""
     loggers = loggers if isinstance(loggers, list) else [loggers]
     return any(str(getattr(x, "class_path", "")).endswith("CSVLogger") for x in loggers)
+
+
+def _add_progress_bar_default(trainer: Namespace) -> None:
+    """``callbacks.EpochProgressBar`` (no "Epoch 0/-2") where Lightning would pick its Rich bar:
+    the bar is on, ``rich`` is installed and the config names no progress bar of its own."""
+    if trainer.enable_progress_bar is False or not importlib.util.find_spec("rich"):
+        return
+    names = [str(getattr(c, "class_path", "")).rsplit(".", 1)[-1] for c in trainer.callbacks]
+    if not any("ProgressBar" in name for name in names):
+        trainer.callbacks.append(
+            Namespace(class_path="lightning_rlhf.callbacks.EpochProgressBar", init_args=Namespace())
+        )
 
 
 def _logger(class_path: str, root: str) -> Namespace:

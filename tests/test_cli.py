@@ -1,12 +1,16 @@
-"""The command line ends an input error with its one-line message and exit code 2."""
+"""The command line ends an input error with its one-line message and exit code 2, and its default
+progress bar shows no negative epoch total."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
+from lightning.pytorch.callbacks import ProgressBar
 
-from lightning_rlhf.cli import main
+from lightning_rlhf.callbacks import EpochProgressBar
+from lightning_rlhf.cli import RLHFCLI, main
 from tests.algorithms.e2e import CONFIGS, TINY
 
 
@@ -37,3 +41,29 @@ def test_debug_env_gives_the_traceback(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         missing = {"name_or_path": str(tmp_path / "no"), "config": None}
         main(_fit_args(tmp_path, "--model.init_args.policy", json.dumps(missing)))
+
+
+def test_default_progress_bar_shows_no_negative_epoch_total(tmp_path, monkeypatch):
+    pytest.importorskip("rich", reason="the Rich bar needs rich (Lightning uses TQDM without it)")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: a bar, not lines
+    cli = RLHFCLI(args=_fit_args(tmp_path)[1:], run=False)  # bounded by max_steps alone
+    bar = cli.trainer.progress_bar_callback
+    assert isinstance(bar, EpochProgressBar)
+    bar.setup(cli.trainer, cli.model, "fit")
+    # fit sets max_epochs to -1 when only max_steps bounds the run; Lightning's Rich bar then
+    # reads "Epoch 3/-2"
+    descriptions = {}
+    for max_epochs in (None, -1, 4):
+        cli.trainer.fit_loop.max_epochs = max_epochs
+        descriptions[max_epochs] = bar._get_train_description(3)
+    assert descriptions == {None: "Epoch 3   ", -1: "Epoch 3   ", 4: "Epoch 3/3 "}
+
+
+@pytest.mark.parametrize("extra", [
+    ("--trainer.enable_progress_bar", "false"),
+    ("--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar",),
+])  # fmt: skip
+def test_a_disabled_or_configured_progress_bar_is_left_alone(tmp_path, extra):
+    cli = RLHFCLI(args=_fit_args(tmp_path, *extra)[1:], run=False)
+    bars = [c for c in cli.trainer.callbacks if isinstance(c, ProgressBar)]
+    assert [type(b).__name__ for b in bars] == ([] if "false" in extra else ["TQDMProgressBar"])

@@ -30,8 +30,11 @@ from lightning_rlhf.models import ModelConfig, response_logprobs
 from lightning_rlhf.rl.buffer import Experience, minibatch_rows
 from lightning_rlhf.rl.kl import AdaptiveKLController, FixedKLController
 from lightning_rlhf.rl.rewards import (
+    RewardSpec,
     RunningMoments,
-    load_reward,
+    WeightedReward,
+    check_reward_weights,
+    load_rewards,
     normalize_rewards,
     reward_models,
 )
@@ -75,7 +78,12 @@ class OnlineRLModule(RLHFModule):
     Args:
         policy: the policy to train (usually the SFT export); the reference is a frozen copy
             (or, with LoRA, the same model with its adapter disabled).
-        reward: a scorer ``module:function`` or a reward-model export directory.
+        reward: a scorer ``module:function`` or a reward-model export directory, or a list of
+            them whose rewards are summed with ``reward_weights`` (TRL's ``reward_funcs``); each
+            one's mean is logged as ``rollout/reward/<name>`` beside the total's
+            ``rollout/reward`` (names: ``rl.rewards.reward_names``).
+        reward_weights: one weight per reward of the list (TRL's ``reward_weights``); None: 1.0
+            each.
         samples_per_prompt: K responses sampled per prompt.
         max_new_tokens, temperature, top_p, top_k: sampling options of the rollout; log-probs
             (old, reference and current) are taken at the same temperature.
@@ -113,7 +121,8 @@ class OnlineRLModule(RLHFModule):
     def __init__(
         self,
         policy: ModelConfig,
-        reward: str,
+        reward: RewardSpec,
+        reward_weights: list[float] | None = None,
         samples_per_prompt: int = 1,
         max_new_tokens: int = 16,
         temperature: float = 1.0,
@@ -138,6 +147,7 @@ class OnlineRLModule(RLHFModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, lr=lr, **kwargs)
+        check_reward_weights(reward, reward_weights, where=type(self).__name__)
         check_clip_range(*self.clip_range, None, where=type(self).__name__)
         check_range(self, "samples_per_prompt", samples_per_prompt, ge=1)
         check_range(self, "max_new_tokens", max_new_tokens, ge=1)
@@ -205,7 +215,10 @@ class OnlineRLModule(RLHFModule):
         """The reward callable ``(prompts, responses) -> (B,)``, built on first use on our device
         (kept out of ``nn.Module`` registration, so it is never trained or checkpointed)."""
         if self._reward_fn is None:
-            self._reward_fn = load_reward(self.hparams.reward, tokenizer=None, device=self.device)
+            hp = self.hparams
+            self._reward_fn = load_rewards(
+                hp.reward, hp.get("reward_weights"), where=type(self).__name__, device=self.device
+            )
             mesh = getattr(self, "_device_mesh", None)
             for model in reward_models(self._reward_fn) if mesh is not None else []:
                 shard_causal_lm(model, mesh["data_parallel"], offload=self.offload_frozen)
@@ -233,9 +246,13 @@ class OnlineRLModule(RLHFModule):
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """Raw rewards: (B,) fp32 on our device."""
         scores = self.reward_fn(prompts, responses).to(self.device, torch.float32)
-        for model in reward_models(self.reward_fn):
-            release(model)  # under FSDP2, no gathered copy of a reward model outlives the call
+        self._release_reward_models()
         return scores
+
+    def _release_reward_models(self) -> None:
+        """Under FSDP2, no gathered copy of a reward model outlives a scoring call."""
+        for model in reward_models(self.reward_fn):
+            release(model)
 
     def on_train_start(self) -> None:
         """Each rank samples its own rollouts: ranks > 0 reseed torch's generator from the run's
@@ -243,6 +260,18 @@ class OnlineRLModule(RLHFModule):
         is unchanged). A resume then puts back every rank's saved state (``RNGState``)."""
         if self.global_rank > 0:
             torch.manual_seed(rank_seed(torch.initial_seed(), self.global_rank))
+
+    def score_parts(
+        self, prompts: list[str], responses: list[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Raw rewards (B,) fp32 on our device and, for several rewards, each one's (B,)
+        unweighted scores by name (empty for one reward)."""
+        fn = self.reward_fn
+        if not isinstance(fn, WeightedReward) or len(fn.rewards) == 1:
+            return self.score(prompts, responses), {}
+        parts = fn.parts(prompts, responses)
+        self._release_reward_models()
+        return fn.total(parts).to(self.device, torch.float32), parts
 
     def logprobs(
         self, model: nn.Module, exp: Experience, *, entropy: bool = False
@@ -297,7 +326,7 @@ class OnlineRLModule(RLHFModule):
         with timed(timings, "generate", self.device):
             rollout = self.sample(prompt_ids, prompt_mask)
         with timed(timings, "score", self.device):
-            raw = self.score(prompts, rollout.responses)  # (N,)
+            raw, parts = self.score_parts(prompts, rollout.responses)  # (N,), name -> (N,)
         input_ids, attention_mask, _ = rollout.sequences()  # (N, P + T)
         exp = Experience(
             input_ids=input_ids,
@@ -309,7 +338,12 @@ class OnlineRLModule(RLHFModule):
             ref_logprobs=torch.empty(0),
             scores=raw,
             group_size=k,
-            extra={"prompts": prompts, "responses": rollout.responses, "raw_scores": raw},
+            extra={
+                "prompts": prompts,
+                "responses": rollout.responses,
+                "raw_scores": raw,
+                "reward_parts": parts,
+            },
         )
         with timed(timings, "logprobs", self.device):
             if self._on_policy(exp):
@@ -355,9 +389,24 @@ class OnlineRLModule(RLHFModule):
             .float()
             .mean(),
         }
+        parts = exp.extra.get("reward_parts", {})  # name -> (N,), with several rewards
+        stats.update({f"reward/{name}": part.mean() for name, part in parts.items()})
         if exp.group_size > 1:
             stats["zero_variance_frac"] = self._watch_zero_variance(raw.view(-1, exp.group_size))
         self.log_stats("rollout", stats, prog_bar=False, batch_size=exp.num_rows)
+
+    def _log_counters(self) -> None:
+        """``rollout`` (rollouts done, this one included) and ``optimizer_step`` (optimiser steps
+        done, the count ``trainer.max_steps`` limits) beside each step's metrics; Lightning's own
+        ``step`` column of ``metrics.csv`` counts the rollouts before this one."""
+        if self._trainer is None:
+            return
+        counters = {
+            "rollout": self.trainer.fit_loop.epoch_loop.batch_progress.total.ready,
+            "optimizer_step": self.global_step,
+        }
+        for name, value in counters.items():
+            self.log(name, float(value), on_step=True, on_epoch=False, batch_size=1)
 
     def _watch_zero_variance(self, rewards: torch.Tensor) -> torch.Tensor:
         """The fraction of (G, K) groups with equal rewards; warn once on a run of all-zero."""
@@ -391,6 +440,7 @@ class OnlineRLModule(RLHFModule):
         if stats:
             self.log_stats("train", stats, prog_bar=True, batch_size=exp.num_rows)
         self.log_stats("time", timings, batch_size=exp.num_rows)
+        self._log_counters()
         self.count_tokens(exp.attention_mask)
         self.last_timings = {**timings, "tokens": float(exp.attention_mask.sum())}
         # the next rollout's coefficient (a no-op unless kl_target is set)

@@ -7,11 +7,13 @@ RIGHT-truncated to ``max_response_length - 1`` and closed with EOS. Shapes: B ba
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_rlhf.data.formats import DataError, Format, render_chat_prompts
 
@@ -30,27 +32,75 @@ def tokenize_prompts(
     max_length: int,
     *,
     chat_template: bool = False,
+    unknown: set[str] | None = None,
 ) -> list[list[int]]:
     """Token ids of each prompt, with special tokens, keeping the LAST ``max_length`` tokens.
 
     With ``chat_template`` the prompt is first rendered by the tokenizer's chat template (which
-    already holds the special tokens, so none are added again).
+    already holds the special tokens, so none are added again). Text the tokenizer encodes as its
+    unknown token is added to ``unknown`` when given (see :func:`unknown_text`).
     """
     if chat_template:
         prompts = render_chat_prompts(prompts, tokenizer)
     ids = tokenizer(prompts, add_special_tokens=not chat_template)["input_ids"]
+    if unknown is not None:
+        unknown |= unknown_text(prompts, ids, tokenizer)
     return [list(x[-max_length:]) if max_length > 0 else [] for x in ids]
 
 
-def tokenize_responses(responses: list[str], tokenizer: Any, max_length: int) -> list[list[int]]:
+def tokenize_responses(
+    responses: list[str], tokenizer: Any, max_length: int, *, unknown: set[str] | None = None
+) -> list[list[int]]:
     """Token ids of each response, no special tokens, the FIRST ``max_length - 1`` kept, then EOS
-    (so EOS is always the last token and the total is at most ``max_length``)."""
+    (so EOS is always the last token and the total is at most ``max_length``). Unknown text is
+    collected in ``unknown`` as by :func:`tokenize_prompts`."""
     if tokenizer.eos_token_id is None:
         raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token")
     if max_length < 1:
         raise DataError(f"max_response_length must be >= 1 (room for EOS), got {max_length}")
     ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    if unknown is not None:
+        unknown |= unknown_text(responses, ids, tokenizer)
     return [list(x[: max_length - 1]) + [tokenizer.eos_token_id] for x in ids]
+
+
+def unknown_text(texts: list[str], ids: list[list[int]], tokenizer: Any) -> set[str]:
+    """The pieces of ``texts`` (characters, for the built-in tokenizer) that ``tokenizer`` encoded
+    as its unknown token in ``ids``; found by the offsets of a fast tokenizer, else ``{"?"}``.
+    Empty for a tokenizer without an unknown token (byte-level BPE never needs one)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    found: set[str] = set()
+    if unk is None:
+        return found
+    for text, row in zip(texts, ids):
+        if unk not in row:
+            continue
+        if not getattr(tokenizer, "is_fast", False):
+            found.add("?")
+            continue
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        found |= {
+            text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk
+        }
+    return found
+
+
+_WARNED_UNKNOWN: weakref.WeakSet = weakref.WeakSet()  # tokenizers already warned about
+
+
+def warn_unknown_once(tokenizer: Any, unknown: set[str], source: str) -> None:
+    """One warning line per tokenizer naming the text it turns into its unknown token (which
+    decoding with ``skip_special_tokens`` drops: ``1+7=8;2+6=8`` comes back as ``1+7=82+6=8``)."""
+    if not unknown or tokenizer in _WARNED_UNKNOWN:
+        return
+    _WARNED_UNKNOWN.add(tokenizer)
+    names = sorted(unknown)
+    shown = ", ".join(repr(c) for c in names[:10])
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    rank_zero_warn(
+        f"{source}: the tokenizer has no token for {shown}{more}; they are encoded as "
+        f"{tokenizer.unk_token!r}, which decoding drops (add them to the vocabulary or remove them)"
+    )
 
 
 class _Tokenizer:
@@ -68,12 +118,17 @@ class _Tokenizer:
         self.tok, self.format, self.source = tokenizer, format, source
         self.max_prompt, self.max_response = max_prompt_length, max_response_length
         self.chat_template = chat_template
+        self.unknown: set[str] = set()  # text encoded as the unknown token, over every batch
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         """Tokenise one batch of rows; an empty tokenised prompt is an error naming its row."""
         out = {
             "prompt_ids": tokenize_prompts(
-                batch["prompt"], self.tok, self.max_prompt, chat_template=self.chat_template
+                batch["prompt"],
+                self.tok,
+                self.max_prompt,
+                chat_template=self.chat_template,
+                unknown=self.unknown,
             )
         }
         for i, (ids, row) in enumerate(zip(out["prompt_ids"], indices)):
@@ -83,14 +138,18 @@ class _Tokenizer:
                     f"tokenisation ({batch['prompt'][i]!r})"
                 )
         if self.format == "response":
-            out["response_ids"] = tokenize_responses(batch["response"], self.tok, self.max_response)
+            out["response_ids"] = tokenize_responses(
+                batch["response"], self.tok, self.max_response, unknown=self.unknown
+            )
         elif self.format in ("pair", "ranked"):
             cands = (
                 [[c, r] for c, r in zip(batch["chosen"], batch["rejected"])]
                 if self.format == "pair"
                 else batch["responses"]
             )
-            flat = tokenize_responses([t for c in cands for t in c], self.tok, self.max_response)
+            flat = tokenize_responses(
+                [t for c in cands for t in c], self.tok, self.max_response, unknown=self.unknown
+            )
             starts = [0]
             for c in cands:
                 starts.append(starts[-1] + len(c))
@@ -109,11 +168,12 @@ def tokenize_dataset(
     source: str = "dataset",
 ) -> datasets.Dataset:
     """Add ``prompt_ids`` (list[int], <= P) and, unless ``format == "prompt"``, ``response_ids``
-    (list[int] for "response"; N lists, chosen first, for "pair"/"ranked") to validated rows."""
+    (list[int] for "response"; N lists, chosen first, for "pair"/"ranked") to validated rows.
+    Characters the tokenizer has no token for are warned about once per tokenizer."""
     fn = _Tokenizer(
         tokenizer, format, max_prompt_length, max_response_length, chat_template, source
     )
-    return ds.map(
+    out = ds.map(
         fn,
         batched=True,
         with_indices=True,
@@ -121,6 +181,8 @@ def tokenize_dataset(
         load_from_cache_file=False,
         desc=f"tokenising {source}",
     )
+    warn_unknown_once(tokenizer, fn.unknown, source)
+    return out
 
 
 def pad(seqs: list[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

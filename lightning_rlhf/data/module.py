@@ -24,6 +24,7 @@ from lightning_rlhf.data.collate import RLHFCollator, tokenize_dataset
 from lightning_rlhf.data.formats import (
     BUILTIN_PREFIX,
     DataError,
+    Format,
     builtin_records,
     get_builtin_task,
     load_source,
@@ -233,14 +234,32 @@ class RLHFDataModule(LightningDataModule):
             splits.append(None if raw is None else self._prepare(raw, source, builtin=True))
         return splits[0], splits[1]
 
+    def prompt_dataset(self, source: str) -> datasets.Dataset:
+        """The prompts of ``source`` (a file, glob, directory or hub dataset, read as
+        ``dataset`` is, in the "prompt" format: a ``prompt`` field, renamed by ``columns``'
+        prompt entry, cut from HH transcripts with ``hh_format``), checked and tokenised as the
+        training prompts are, with an ``index`` column: a held-out set of the user's own, e.g.
+        for ``callbacks.PromptEval``."""
+        columns = {k: v for k, v in (self.columns or {}).items() if k == "prompt"}
+        raw = load_source(source, self.split)
+        return _add_index(self._prepare(raw, source, format="prompt", columns=columns))
+
     def _prepare(
-        self, raw: datasets.Dataset, source: str, builtin: bool = False
+        self,
+        raw: datasets.Dataset,
+        source: str,
+        builtin: bool = False,
+        format: Format | None = None,
+        columns: dict[str, str] | None = None,
     ) -> datasets.Dataset:
-        """Map columns, validate rows and tokenise one source."""
-        columns, hh = (None, False) if builtin else (self.columns, self.hh_format)
-        mapped, fields = map_columns(raw, self.format, columns, hh_format=hh, source=source)
+        """Map columns, validate rows and tokenise one source (in ``format``, by default the
+        module's, with ``columns``, by default the module's)."""
+        fmt = format or self.format
+        columns = self.columns if columns is None else columns
+        columns, hh = (None, False) if builtin else (columns, self.hh_format)
+        mapped, fields = map_columns(raw, fmt, columns, hh_format=hh, source=source)
         clean, dropped = validate(
-            mapped, self.format, fields, hh_format=hh, drop_empty=self.drop_empty, source=source
+            mapped, fmt, fields, hh_format=hh, drop_empty=self.drop_empty, source=source
         )
         if dropped:
             rank_zero_warn(
@@ -250,7 +269,7 @@ class RLHFDataModule(LightningDataModule):
         return tokenize_dataset(
             clean,
             self.tokenizer,
-            self.format,
+            fmt,
             max_prompt_length=self.max_prompt_length,
             max_response_length=self.max_response_length,
             chat_template=self.chat_template,

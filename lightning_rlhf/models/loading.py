@@ -285,7 +285,45 @@ def export_pretrained(
     directory = Path(directory)
     if merge_lora and hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    with atomic_directory(directory) as tmp:
+    borrowed = pad_is_borrowed_eos(tokenizer)
+    with atomic_directory(directory) as tmp, _without_pad(model, tokenizer, borrowed):
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return directory
+
+
+def pad_is_borrowed_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokenizer`` pads with EOS only because it was loaded without a pad token (the data
+    module's fallback): its pad token is EOS and the settings it was created with
+    (``init_kwargs``) name no pad token. A tokenizer saved with EOS as its own pad token keeps it.
+    """
+    created_with = tokenizer.init_kwargs.get("pad_token")
+    return (
+        created_with is None
+        and tokenizer.pad_token is not None
+        and str(tokenizer.pad_token) == str(tokenizer.eos_token)
+    )
+
+
+@contextlib.contextmanager
+def _without_pad(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, active: bool
+) -> Iterator[None]:
+    """While saving (when ``active``): no pad token in the tokenizer and no ``pad_token_id`` in the
+    model's config and generation config, so the export declares none, as its source did (a
+    collator that masks pad ids out of the loss would otherwise mask EOS); restored afterwards."""
+    if not active:
+        yield
+        return
+    configs = [getattr(unwrap_peft(model), name, None) for name in ("config", "generation_config")]
+    configs = [c for c in configs if c is not None and hasattr(c, "pad_token_id")]
+    saved = [c.pad_token_id for c in configs], tokenizer.pad_token
+    try:
+        for config in configs:
+            config.pad_token_id = None
+        tokenizer.pad_token = None
+        yield
+    finally:
+        for config, pad_id in zip(configs, saved[0]):
+            config.pad_token_id = pad_id
+        tokenizer.pad_token = saved[1]

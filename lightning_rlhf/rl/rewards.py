@@ -5,7 +5,7 @@
 (ours or any HF one), re-tokenised with ITS tokenizer. Every scorer returns a (B,) fp32 tensor and
 refuses non-finite scores. A spec that cannot be loaded, an export without a trained score head and
 a scorer returning anything but B finite numbers raise a one-line :class:`RewardError` naming the
-spec.
+spec. ``load_rewards([spec, ...], weights)`` sums several with weights (:class:`WeightedReward`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lightning_rlhf.data.collate import pad, tokenize_prompts, tokenize_responses
+from lightning_rlhf.data.formats import BUILTIN_PREFIX
+from lightning_rlhf.data.tasks import TASKS
 from lightning_rlhf.models import ModelConfig, load_reward_model, sequence_scores
 
 
@@ -183,9 +185,9 @@ class RewardModelScorer:
 
 
 def reward_models(fn: RewardFunction) -> list[nn.Module]:
-    """The reward models behind a reward function (those of its ``scorers`` when it combines
-    several), for sharding and releasing them; empty for Python scorers."""
-    parts = getattr(fn, "scorers", [fn])
+    """The reward models behind a reward function (each of a :class:`WeightedReward`'s), for
+    sharding and releasing them; empty for Python scorers."""
+    parts = list(fn.rewards.values()) if isinstance(getattr(fn, "rewards", None), dict) else [fn]
     return [p.model for p in parts if isinstance(getattr(p, "model", None), nn.Module)]
 
 
@@ -244,8 +246,9 @@ def load_reward(
 
     Args:
         spec: "module:function" (a Python scorer returning list[float], e.g.
-            "lightning_rlhf.data.tasks.arithmetic:reward") or a directory holding a sequence
-            classifier export (``config.json`` + weights + usually its tokenizer).
+            "lightning_rlhf.data.tasks.arithmetic:reward"), "builtin:<task>" (that built-in
+            task's reward: "builtin:arithmetic" is the same scorer) or a directory holding a
+            sequence classifier export (``config.json`` + weights + usually its tokenizer).
         tokenizer: the reward model's tokenizer when the export has none (ignored for scorers).
         device, batch_size: where and in what chunks a reward model scores.
         options: more :class:`RewardModelScorer` keywords (max_prompt_length, ...).
@@ -260,7 +263,107 @@ def load_reward(
     looks_like_path = spec.startswith((".", "/", "~")) or ("/" in spec and ":" not in spec)
     if looks_like_path:
         raise FileNotFoundError(f"reward spec {spec!r}: no such directory")
+    if spec.startswith(BUILTIN_PREFIX):
+        return _load_builtin(spec)
     return _load_python(spec)
+
+
+def _load_builtin(spec: str) -> PythonReward:
+    """``builtin:<task>``: the reward of a built-in task (as ``data.dataset`` names the task)."""
+    name = spec[len(BUILTIN_PREFIX) :]
+    if name not in TASKS:
+        raise RewardError(
+            f"reward spec {spec!r}: unknown built-in task {name!r}; known: {', '.join(TASKS)}"
+        )
+    return PythonReward(importlib.import_module(f"lightning_rlhf.data.tasks.{name}").reward, spec)
+
+
+RewardSpec = str | list[str]
+"""What ``reward`` takes: one spec, or a list of specs summed with ``reward_weights``."""
+
+
+def check_reward_weights(
+    spec: RewardSpec, weights: list[float] | None, where: str
+) -> list[float]:
+    """The weight of each reward of ``spec`` (all 1.0 when ``weights`` is None), or a one-line
+    :class:`RewardError` naming ``where``: an empty list, a spec that is not a non-empty string,
+    a weights count that differs from the rewards count, a non-finite weight, or all zero."""
+    specs = [spec] if isinstance(spec, str) else spec
+    if not isinstance(specs, list | tuple) or not specs:
+        raise RewardError(
+            f"{where}: reward must be a spec or a non-empty list of specs, got {spec!r}"
+        )
+    for item in specs:
+        if not isinstance(item, str) or not item.strip():
+            raise RewardError(f"{where}: each reward must be a non-empty string, got {item!r}")
+    if weights is None:
+        return [1.0] * len(specs)
+    if len(weights) != len(specs):
+        raise RewardError(
+            f"{where}: reward_weights has {len(weights)} weight(s) for {len(specs)} reward(s) "
+            f"({', '.join(specs)}); give one weight per reward"
+        )
+    bad = [w for w in weights if not _is_number(w) or not math.isfinite(float(w))]
+    if bad:
+        raise RewardError(f"{where}: reward_weights must be finite numbers, got {bad[0]!r}")
+    if all(float(w) == 0.0 for w in weights):
+        raise RewardError(f"{where}: reward_weights are all 0, so the total reward is always 0")
+    return [float(w) for w in weights]
+
+
+def reward_names(specs: list[str]) -> list[str]:
+    """Short names of reward specs, for logging: a scorer's function name, an export's directory
+    name (its parent's when the directory is called ``export``); repeated names get ``_<i>``,
+    their 1-based position in ``specs``."""
+    names = []
+    for spec in specs:
+        path = Path(spec.rstrip("/\\"))
+        if ":" in spec and not path.expanduser().is_dir():
+            names.append(spec.rsplit(":", 1)[1])
+        else:
+            parts = path.parts
+            names.append(parts[-2] if parts[-1] == "export" and len(parts) > 1 else parts[-1])
+    return [f"{n}_{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+class WeightedReward:
+    """Several rewards summed with weights: R = sum_i w_i R_i (TRL's ``reward_funcs`` with
+    ``reward_weights``).
+
+    Args:
+        rewards: name -> reward function, in order (see :func:`reward_names`).
+        weights: one weight per reward.
+    """
+
+    def __init__(self, rewards: dict[str, RewardFunction], weights: list[float]) -> None:
+        self.rewards, self.weights = rewards, weights
+
+    def parts(self, prompts: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
+        """Each reward's (B,) fp32 scores, unweighted, by name."""
+        return {name: fn(prompts, responses).float() for name, fn in self.rewards.items()}
+
+    def total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) sum_i w_i * parts[i]."""
+        return sum(w * part for w, part in zip(self.weights, parts.values()))
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return self.total(self.parts(prompts, responses))
+
+
+def load_rewards(
+    spec: RewardSpec,
+    weights: list[float] | None = None,
+    *,
+    where: str = "reward",
+    **kwargs: object,
+) -> WeightedReward:
+    """Load every reward of ``spec`` (one spec or a list, see :func:`load_reward`; ``kwargs`` go
+    to it) as a :class:`WeightedReward` with ``weights`` (checked by
+    :func:`check_reward_weights`, all 1.0 when None). One spec is a sum of one term."""
+    checked = check_reward_weights(spec, weights, where)
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    functions = [load_reward(s, **kwargs) for s in specs]
+    return WeightedReward(dict(zip(reward_names(specs), functions)), checked)
 
 
 MIN_STD = 1e-3  # running stds below this are treated as 1 by normalize_rewards

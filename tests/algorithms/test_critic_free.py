@@ -5,6 +5,7 @@ GRPO's reach grpo_loss, asymmetric clipping, DAPO's minibatch weights, the on-po
 
 from __future__ import annotations
 
+import csv
 import logging
 
 import pytest
@@ -93,10 +94,21 @@ def test_fits_resumes_and_changes_every_weight(config, sft_export, tmp_path):
     assert cli.trainer.global_step == 2
     assert snap.unchanged(cli.model) == []
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    # one rollout, two epochs over it: metrics.csv says both (Lightning's `step` counts rollouts
+    # before the row's own)
+    assert _counters(tmp_path) == [(0, 1, 2)]
     last = tmp_path / "checkpoints" / "last.ckpt"
     resumed, snap2 = run_fit(config, tmp_path, *online_args(sft_export), steps=4, ckpt_path=last)
     assert snap2.start_step == 2 and resumed.trainer.global_step == 4
     assert snap2.unchanged(resumed.model) == []
+    assert _counters(tmp_path) == [(1, 2, 4)]  # the resumed run continues both counts
+
+
+def _counters(root) -> list[tuple[int, int, int]]:
+    """(step, rollout, optimizer_step) of each training row of ``root/metrics.csv``."""
+    with open(root / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["rollout"]]
+    return [tuple(int(float(r[k])) for k in ("step", "rollout", "optimizer_step")) for r in rows]
 
 
 def test_remax_baseline_is_normalised_like_the_scores(sft_export):

@@ -5,6 +5,7 @@ config parsing, and one-line errors that leave the module untouched."""
 import csv
 import json
 import logging
+import warnings
 
 import datasets
 import pytest
@@ -13,6 +14,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.utilities.data import _is_dataloader_shuffled
 
 from lightning_rlhf.data import DataError, RLHFDataModule
+from lightning_rlhf.data.collate import tokenize_dataset
 from lightning_rlhf.data.tasks import get_tokenizer
 
 KINDS = ["json", "jsonl", "parquet", "csv"]
@@ -261,6 +263,41 @@ def test_tokenizer_without_pad_falls_back_to_eos(tmp_path, caplog):
         assert dm.tokenizer.pad_token_id == dm.tokenizer.eos_token_id == 2
         assert dm.tokenizer is dm.tokenizer  # loaded once
     assert sum("no pad token" in r.message for r in caplog.records) == 1
+
+
+def _unknown_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "has no token for" in str(w.message)]
+
+
+def test_unknown_characters_are_warned_once_per_tokenizer_naming_them(tmp_path):
+    rows = make_rows("response", 8)
+    rows[2]["response"] = "8;2+6=8"  # ';' and the euro sign are not in the built-in vocabulary
+    rows[5]["prompt"] = "2+2=\u20ac"
+    path = write(tmp_path / "d.jsonl", rows)
+    dm = RLHFDataModule(tokenizer="builtin:arithmetic", dataset=path, format="response")
+    with pytest.warns(UserWarning, match="has no token for") as record:
+        dm.setup("fit")
+    found = _unknown_warnings(record)
+    assert len(found) == 1 and "\n" not in found[0], found
+    assert f"{path}: the tokenizer has no token for ';', '\u20ac'; they are encoded as '<unk>'" in (
+        found[0]
+    )
+    tok = dm.tokenizer
+    assert tok.decode(tok("8;2", add_special_tokens=False).input_ids, skip_special_tokens=True) == (
+        "82"  # what the warning is about: decoding drops them
+    )
+    with warnings.catch_warnings(record=True) as again:  # the same tokenizer: not warned again
+        warnings.simplefilter("always")
+        tokenize_dataset(
+            dm.train_dataset, tok, "response", max_prompt_length=8, max_response_length=8
+        )
+    assert not _unknown_warnings(again)
+
+
+def test_text_inside_the_vocabulary_is_not_warned_about(tmp_path, recwarn):
+    warnings.simplefilter("always")
+    module(write(tmp_path / "d.jsonl", make_rows("pair")), "pair")
+    assert not _unknown_warnings(recwarn.list)
 
 
 def test_tokenizer_without_pad_or_eos_is_an_error(tmp_path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.data.tasks import get_tokenizer
 from lightning_rlhf.models import (
     LoraConfig,
@@ -15,6 +18,7 @@ from lightning_rlhf.models import (
     load_causal_lm,
     response_logprobs,
 )
+from lightning_rlhf.models.loading import pad_is_borrowed_eos
 from tests.algorithms.e2e import TINY
 
 
@@ -93,6 +97,53 @@ def test_export_round_trip_and_frozen_copy(tok, tmp_path):
             response_logprobs(loaded, ids, attn, resp),
             response_logprobs(model.eval(), ids, attn, resp),
         )
+
+
+def _entries(directory, token: str) -> dict[str, object]:
+    """What an export declares for ``token`` ("pad" or "eos"): tokenizer_config.json's
+    ``<token>_token`` and the ``<token>_token_id`` of config.json and generation_config.json (None
+    where absent or null)."""
+    read = lambda name: json.loads((directory / name).read_text())
+    return {
+        "tokenizer": read("tokenizer_config.json").get(f"{token}_token"),
+        "config": read("config.json").get(f"{token}_token_id"),
+        "generation": read("generation_config.json").get(f"{token}_token_id"),
+    }
+
+
+def test_export_declares_no_pad_token_when_the_tokenizer_had_none(tmp_path):
+    source = get_tokenizer("arithmetic")
+    source.pad_token = None  # a tokenizer like Llama's or GPT-2's: EOS but no pad token
+    source.save_pretrained(tmp_path / "tok")
+    tok = RLHFDataModule(tokenizer=str(tmp_path / "tok")).tokenizer  # pads with EOS in training
+    model = load_causal_lm(ModelConfig(config=TINY), tok)
+    assert tok.pad_token_id == model.config.pad_token_id == tok.eos_token_id == 2
+    assert pad_is_borrowed_eos(tok)
+    path = export_pretrained(model, tok, tmp_path / "export")
+    assert _entries(path, "pad") == {"tokenizer": None, "config": None, "generation": None}
+    assert _entries(path, "eos") == {"tokenizer": "<eos>", "config": 2, "generation": 2}
+    reloaded = AutoTokenizer.from_pretrained(path)
+    assert reloaded.pad_token is None and reloaded.eos_token == "<eos>"
+    # the training run keeps padding with EOS after the export
+    assert tok.pad_token_id == model.config.pad_token_id == 2
+    assert model.generation_config.pad_token_id == 2
+
+
+def test_export_keeps_a_real_pad_token(tok, tmp_path):
+    model = load_causal_lm(ModelConfig(config=TINY), tok)  # the built-in tokenizer: <pad> is id 0
+    assert not pad_is_borrowed_eos(tok)
+    path = export_pretrained(model, tok, tmp_path / "export")
+    assert _entries(path, "pad") == {"tokenizer": "<pad>", "config": 0, "generation": 0}
+
+
+def test_export_keeps_eos_as_pad_when_the_tokenizer_itself_declared_it(tmp_path):
+    source = get_tokenizer("arithmetic")
+    source.pad_token = source.eos_token  # saved so: the source's own choice, kept as it is
+    source.save_pretrained(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert not pad_is_borrowed_eos(tok)
+    path = export_pretrained(load_causal_lm(ModelConfig(config=TINY), tok), tok, tmp_path / "e")
+    assert _entries(path, "pad") == {"tokenizer": "<eos>", "config": 2, "generation": 2}
 
 
 def test_lora_trains_only_adapters_and_merges_on_export(tok, tmp_path):

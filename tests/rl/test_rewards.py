@@ -20,7 +20,15 @@ from lightning_rlhf.models import (
     sequence_scores,
 )
 from lightning_rlhf.models.loading import UntrainedWeightsError
-from lightning_rlhf.rl.rewards import RewardError, RunningMoments, load_reward, normalize_rewards
+from lightning_rlhf.rl.rewards import (
+    RewardError,
+    RunningMoments,
+    WeightedReward,
+    load_reward,
+    load_rewards,
+    normalize_rewards,
+    reward_names,
+)
 from tests.algorithms.e2e import TINY
 
 PROMPTS = ["12+30=", "7+5=", "99+99="]
@@ -50,6 +58,7 @@ def fake_module(monkeypatch, tmp_path):
     module.array_reward = lambda prompts, responses: np.array([0.5, 1, 2], dtype=np.float64)
     module.tensor_list = lambda prompts, responses: [torch.tensor(1.0)] * len(prompts)
     module.not_callable = 3
+    module.length_reward = lambda prompts, responses: [float(len(r)) for r in responses]
     monkeypatch.setitem(sys.modules, module.__name__, module)
     (tmp_path / "broken_rewards_for_tests.py").write_text("def reward(p, r):\n    return [\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -105,6 +114,61 @@ def test_scorer_outputs_that_are_numbers(fake_module):
     assert load_reward(f"{fake_module}:tensor_list")(PROMPTS, RESPONSES).tolist() == [1.0] * 3
     with pytest.raises(RewardError, match="3 prompts but 2 responses"):
         load_reward("lightning_rlhf.data.tasks.arithmetic:reward")(PROMPTS, RESPONSES[:2])
+
+
+def test_weighted_rewards_by_hand(fake_module):
+    specs = ["lightning_rlhf.data.tasks.arithmetic:reward", f"{fake_module}:length_reward"]
+    fn = load_rewards(specs, [1.0, -0.5])
+    parts = fn.parts(PROMPTS, RESPONSES)
+    # arithmetic: "42" right (1.0); "13" for 12 shares the tens digit (0.5 * 1/2); "1" for 198
+    # shares none (0.0). Lengths 2, 2, 1. Total 1 * a - 0.5 * l.
+    assert list(parts) == ["reward", "length_reward"]
+    assert parts["reward"].tolist() == [1.0, 0.25, 0.0]
+    assert parts["length_reward"].tolist() == [2.0, 2.0, 1.0]
+    assert fn(PROMPTS, RESPONSES).tolist() == [0.0, -0.75, -0.5]
+    assert fn(PROMPTS, RESPONSES).dtype == torch.float32
+
+
+def test_builtin_task_reward_by_spec():
+    fn = load_reward("builtin:arithmetic")
+    torch.testing.assert_close(fn(PROMPTS, RESPONSES), torch.tensor([1.0, 0.25, 0.0]))
+    with pytest.raises(RewardError, match=r"unknown built-in task 'nope'; known: arithmetic$"):
+        load_reward("builtin:nope")
+    assert reward_names(["builtin:arithmetic", "runs/rm/export"]) == ["arithmetic", "rm"]
+
+
+def test_one_reward_is_a_sum_of_one_term():
+    spec = "lightning_rlhf.data.tasks.arithmetic:reward"
+    fn = load_rewards(spec)
+    assert isinstance(fn, WeightedReward) and fn.weights == [1.0]
+    assert torch.equal(fn(PROMPTS, RESPONSES), load_reward(spec)(PROMPTS, RESPONSES))
+
+
+def test_reward_names_are_short_and_distinct():
+    specs = ["a.b:reward", "runs/rm/export", "runs/rm2/", "c.d:reward", "models/deberta"]
+    assert reward_names(specs) == ["reward_1", "rm", "rm2", "reward_4", "deberta"]
+
+
+SCORER = "lightning_rlhf.data.tasks.arithmetic:reward"
+
+
+@pytest.mark.parametrize(
+    "spec, weights, message",
+    [
+        ([SCORER, SCORER], [1.0], "GRPO: reward_weights has 1 weight(s) for 2 reward(s) ("),
+        (SCORER, [1.0, 2.0], "GRPO: reward_weights has 2 weight(s) for 1 reward(s) ("),
+        ([SCORER, SCORER], [1.0, float("nan")], "GRPO: reward_weights must be finite numbers, "
+                                                "got nan"),
+        ([SCORER], [float("inf")], "GRPO: reward_weights must be finite numbers, got inf"),
+        ([SCORER, SCORER], [0.0, 0.0], "GRPO: reward_weights are all 0"),
+        ([], None, "GRPO: reward must be a spec or a non-empty list of specs, got []"),
+        ([SCORER, ""], None, "GRPO: each reward must be a non-empty string, got ''"),
+    ],
+)  # fmt: skip
+def test_bad_reward_lists_and_weights_are_one_line_errors(spec, weights, message):
+    with pytest.raises(RewardError) as err:
+        load_rewards(spec, weights, where="GRPO")
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 def test_policy_export_given_as_reward_is_refused(tmp_path):
