@@ -15,7 +15,13 @@ import torch
 
 from lightning_rlhf.algorithms.online import OnlineRLModule
 from lightning_rlhf.checks import check_range
-from lightning_rlhf.losses.ppo import gae_advantages, policy_loss, value_loss
+from lightning_rlhf.losses.ppo import (
+    explained_variance_from_moments,
+    gae_advantages,
+    policy_loss,
+    value_loss,
+    variance_moments,
+)
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.models.critic import ValueModel, critic_from_policy, critic_from_reward_model
 from lightning_rlhf.rl.buffer import Experience
@@ -113,6 +119,17 @@ class PPO(OnlineRLModule):
             rewards, exp.values, mask, exp.segment_ids, gamma=hp.gamma, lam=hp.lam,
             whiten=hp.whiten_advantages, **self.gae_options(),
         )  # fmt: skip
+        self._log_critic(exp)
+
+    def _log_critic(self, exp: Experience) -> None:
+        """``critic/explained_variance``: 1 - Var[Ret - V] / Var[Ret] of the rollout-time values
+        against the GAE returns, over every rank's valid tokens (the critic before this rollout's
+        updates, so it is never flattered by fitting the batch it is scored on)."""
+        if self._trainer is None:  # a module driven by hand (tests): nowhere to log
+            return
+        moments = self._gather(variance_moments(exp.values, exp.returns, exp.mask))  # (W, 5)
+        ev = explained_variance_from_moments(moments.reshape(-1, 5).sum(0))
+        self.log_stats("critic", {"explained_variance": ev}, batch_size=exp.num_rows)
 
     def loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate + vf_coef * clipped value loss."""
