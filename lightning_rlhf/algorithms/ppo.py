@@ -41,7 +41,8 @@ class PPO(OnlineRLModule):
         value_clip: value-loss clip range around the rollout-time values (None: unclipped).
         clip_eps: policy ratio clip range (``clip_low`` / ``clip_high`` make it asymmetric).
         gamma, lam: GAE discount and lambda.
-        whiten_advantages: normalise advantages over each rollout batch (PPO's usual option).
+        whiten_advantages: normalise advantages over each rollout batch (PPO's usual option;
+            MA-PPO's default too, so the two compare like with like).
         kl_kind: per-token KL estimator in the reward ("k1" as in Ziegler et al.).
         The rest: see :class:`OnlineRLModule`.
     """
@@ -165,7 +166,9 @@ class MAPPO(PPO):
        "mean" = the paper's equal weighting), R_k sums its token rewards (``reward_agg``; the
        released code averages, which divides the KL coefficient by ~n); A_k and Ret_k are
        broadcast to every token of macro k.
-    3. Advantages are not whitened by default (the paper does not).
+    3. Advantages are whitened by default, as PPO's are, so that a PPO / MA-PPO comparison
+       changes only the credit assignment; the paper does not whiten (``whiten_advantages:
+       false``). See ``losses/README.md``, MA-PPO.
     4. The ratio is per token with the broadcast macro advantage (released code) or, with
        ``ratio_level="segment"``, one ratio per macro action (the paper's product of token ratios).
     With ``segmenter="fixed", n=1`` every one of these is a no-op and MA-PPO is exactly PPO.
@@ -176,9 +179,8 @@ class MAPPO(PPO):
         segmenter_options: more keywords of ``rl.macro_actions.segment`` (seed, lengths,
             repeats, ...).
         value_agg, reward_agg, ratio_level: see above.
-        The rest: see :class:`PPO`.
+        The rest (``whiten_advantages`` included): see :class:`PPO`.
     """
-
 
     def __init__(
         self,
@@ -189,10 +191,9 @@ class MAPPO(PPO):
         value_agg: Literal["mean", "position", "first"] = "mean",
         reward_agg: Literal["sum", "mean"] = "sum",
         ratio_level: Literal["token", "segment"] = "token",
-        whiten_advantages: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(policy, whiten_advantages=whiten_advantages, **kwargs)
+        super().__init__(policy, **kwargs)
         check_range(self, "n", n, ge=1)
 
     def segments(self, exp: Experience) -> torch.Tensor:

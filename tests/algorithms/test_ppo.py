@@ -23,8 +23,10 @@ ARITHMETIC = "lightning_rlhf.data.tasks.arithmetic:reward"
 
 
 def test_mappo_n1_equals_ppo_exactly(sft_export):
-    ppo = make_module(PPO, sft_export, whiten_advantages=False)
+    """With their defaults (whitening included) MA-PPO with n = 1 is PPO, bit for bit."""
+    ppo = make_module(PPO, sft_export)
     mappo = make_module(MAPPO, sft_export, segmenter="fixed", n=1)
+    assert ppo.hparams.whiten_advantages and mappo.hparams.whiten_advantages
     exp_a, exp_b = hand_made_experience(ppo), hand_made_experience(ppo)
     ppo.compute_advantages(exp_a, {})
     mappo.compute_advantages(exp_b, {})
