@@ -51,9 +51,9 @@ class ValueModel(nn.Module):
         head: ``Linear(H, 1)``; when None a fresh one with zero weight and bias, so that a new
             critic predicts the same value (0) everywhere: its explained variance starts at 0.
             (A head drawn at unit output scale gave values of std ~0.7 uncorrelated with the
-            outcome, three times the spread of the arithmetic task's returns; the critic spent
-            its first 10-15 rollouts unlearning them at a negative explained variance; see the
-            README, "The critic".) H = ``output_width(backbone)``.
+            outcome, three times the spread of the arithmetic task's returns, and kept the
+            explained variance below 0 for 15 rollouts and more; see the README, "The
+            critic".) H = ``output_width(backbone)``.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Linear | None = None) -> None:
