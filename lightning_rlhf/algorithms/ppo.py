@@ -15,7 +15,13 @@ import torch
 
 from lightning_rlhf.algorithms.online import OnlineRLModule
 from lightning_rlhf.checks import check_range
-from lightning_rlhf.losses.ppo import gae_advantages, policy_loss, value_loss
+from lightning_rlhf.losses.ppo import (
+    explained_variance_from_moments,
+    gae_advantages,
+    policy_loss,
+    value_loss,
+    variance_moments,
+)
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.models.critic import ValueModel, critic_from_policy, critic_from_reward_model
 from lightning_rlhf.rl.buffer import Experience
@@ -36,7 +42,8 @@ class PPO(OnlineRLModule):
         value_clip: value-loss clip range around the rollout-time values (None: unclipped).
         clip_eps: policy ratio clip range (``clip_low`` / ``clip_high`` make it asymmetric).
         gamma, lam: GAE discount and lambda.
-        whiten_advantages: normalise advantages over each rollout batch (PPO's usual option).
+        whiten_advantages: normalise advantages over each rollout batch (PPO's usual option;
+            MA-PPO's default too, so the two compare like with like).
         kl_kind: per-token KL estimator in the reward ("k1" as in Ziegler et al.).
         The rest: see :class:`OnlineRLModule`.
     """
@@ -116,6 +123,17 @@ class PPO(OnlineRLModule):
             rewards, exp.values, mask, exp.segment_ids, gamma=hp.gamma, lam=hp.lam,
             whiten=hp.whiten_advantages, **self.gae_options(),
         )  # fmt: skip
+        self._log_critic(exp)
+
+    def _log_critic(self, exp: Experience) -> None:
+        """``critic/explained_variance``: 1 - Var[Ret - V] / Var[Ret] of the rollout-time values
+        against the GAE returns, over every rank's valid tokens (the critic before this rollout's
+        updates, so it is never flattered by fitting the batch it is scored on)."""
+        if self._trainer is None:  # a module driven by hand (tests): nowhere to log
+            return
+        moments = self._gather(variance_moments(exp.values, exp.returns, exp.mask))  # (W, 5)
+        ev = explained_variance_from_moments(moments.reshape(-1, 5).sum(0))
+        self.log_stats("critic", {"explained_variance": ev}, batch_size=exp.num_rows)
 
     def loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate + vf_coef * clipped value loss."""
@@ -151,7 +169,9 @@ class MAPPO(PPO):
        "mean" = the paper's equal weighting), R_k sums its token rewards (``reward_agg``; the
        released code averages, which divides the KL coefficient by ~n); A_k and Ret_k are
        broadcast to every token of macro k.
-    3. Advantages are not whitened by default (the paper does not).
+    3. Advantages are whitened by default, as PPO's are, so that a PPO / MA-PPO comparison
+       changes only the credit assignment; the paper does not whiten (``whiten_advantages:
+       false``). See ``losses/README.md``, MA-PPO.
     4. The ratio is per token with the broadcast macro advantage (released code) or, with
        ``ratio_level="segment"``, one ratio per macro action (the paper's product of token ratios).
     With ``segmenter="fixed", n=1`` every one of these is a no-op and MA-PPO is exactly PPO.
@@ -162,9 +182,8 @@ class MAPPO(PPO):
         segmenter_options: more keywords of ``rl.macro_actions.segment`` (seed, lengths,
             repeats, ...).
         value_agg, reward_agg, ratio_level: see above.
-        The rest: see :class:`PPO`.
+        The rest (``whiten_advantages`` included): see :class:`PPO`.
     """
-
 
     def __init__(
         self,
@@ -175,10 +194,9 @@ class MAPPO(PPO):
         value_agg: Literal["mean", "position", "first"] = "mean",
         reward_agg: Literal["sum", "mean"] = "sum",
         ratio_level: Literal["token", "segment"] = "token",
-        whiten_advantages: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(policy, whiten_advantages=whiten_advantages, **kwargs)
+        super().__init__(policy, **kwargs)
         check_range(self, "n", n, ge=1)
 
     def segments(self, exp: Experience) -> torch.Tensor:

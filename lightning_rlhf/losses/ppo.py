@@ -132,13 +132,37 @@ def explained_variance(
     Returns:
         fp32 scalar (detached): 1 is a perfect critic, 0 no better than a constant.
     """
+    return explained_variance_from_moments(variance_moments(values, returns, mask))
+
+
+def variance_moments(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The sums behind :func:`explained_variance`, to add up across ranks before dividing.
+
+    Args:
+        values, returns, mask: (B, T).
+    Returns:
+        (5,) fp64: number of valid tokens, sum Ret, sum Ret^2, sum (Ret - V), sum (Ret - V)^2.
+    """
     valid = mask.bool()
-    ret = returns.detach().float()[valid]
-    resid = ret - values.detach().float()[valid]
-    var = ret.var(unbiased=False) if ret.numel() > 0 else ret.new_zeros(())
-    if ret.numel() == 0 or var <= 0:
-        return ret.new_zeros(())
-    return 1.0 - resid.var(unbiased=False) / var
+    ret = returns.detach().double()[valid]
+    resid = ret - values.detach().double()[valid]
+    count = ret.new_tensor(float(ret.numel()))
+    return torch.stack([count, ret.sum(), ret.square().sum(), resid.sum(), resid.square().sum()])
+
+
+def explained_variance_from_moments(moments: torch.Tensor) -> torch.Tensor:
+    """1 - Var[Ret - V] / Var[Ret] from (summed) :func:`variance_moments` (5,): fp32 scalar,
+    0 when there is no valid token or Var[Ret] is 0."""
+    n, s_ret, ss_ret, s_res, ss_res = moments.double().unbind()
+    if n <= 0:
+        return moments.new_zeros((), dtype=torch.float32)
+    var_ret = ss_ret / n - (s_ret / n).square()
+    var_res = ss_res / n - (s_res / n).square()
+    if var_ret <= 1e-12 * max(float(ss_ret / n), 1e-30):  # constant returns (up to rounding)
+        return moments.new_zeros((), dtype=torch.float32)
+    return (1.0 - var_res / var_ret).float()
 
 
 @torch.no_grad()

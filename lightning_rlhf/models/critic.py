@@ -48,16 +48,20 @@ class ValueModel(nn.Module):
 
     Args:
         backbone: a HF base model returning ``last_hidden_state`` (B, L, H).
-        head: ``Linear(H, 1)``; a fresh one (zero bias) when None, H = ``output_width(backbone)``.
+        head: ``Linear(H, 1)``; when None a fresh one with zero weight and bias, so that a new
+            critic predicts the same value (0) everywhere: its explained variance starts at 0.
+            (A head drawn at unit output scale gave values of std ~0.7 uncorrelated with the
+            outcome, three times the spread of the arithmetic task's returns, and kept the
+            explained variance below 0 for 15 rollouts and more; see the README, "The
+            critic".) H = ``output_width(backbone)``.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Linear | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         if head is None:
-            hidden = output_width(backbone)
-            head = nn.Linear(hidden, 1)
-            nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            head = nn.Linear(output_width(backbone), 1)
+            nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.head = head
 

@@ -8,17 +8,25 @@ import torch
 
 from lightning_rlhf.algorithms.ppo import MAPPO, PPO
 from lightning_rlhf.data.tasks import get_tokenizer
+from lightning_rlhf.losses.ppo import explained_variance, value_loss
 from lightning_rlhf.models import LoraConfig, ModelConfig
 from lightning_rlhf.rl.kl import token_level_rewards
 from tests.algorithms.e2e import run_fit
-from tests.algorithms.online_helpers import hand_made_experience, make_module, online_args
+from tests.algorithms.online_helpers import (
+    hand_made_experience,
+    make_module,
+    online_args,
+    starts_with_one,
+)
 
 ARITHMETIC = "lightning_rlhf.data.tasks.arithmetic:reward"
 
 
 def test_mappo_n1_equals_ppo_exactly(sft_export):
-    ppo = make_module(PPO, sft_export, whiten_advantages=False)
+    """With their defaults (whitening included) MA-PPO with n = 1 is PPO, bit for bit."""
+    ppo = make_module(PPO, sft_export)
     mappo = make_module(MAPPO, sft_export, segmenter="fixed", n=1)
+    assert ppo.hparams.whiten_advantages and mappo.hparams.whiten_advantages
     exp_a, exp_b = hand_made_experience(ppo), hand_made_experience(ppo)
     ppo.compute_advantages(exp_a, {})
     mappo.compute_advantages(exp_b, {})
@@ -93,7 +101,8 @@ def test_fits_resumes_and_changes_every_weight(config, sft_export, tmp_path):
     assert cli.trainer.global_step == 2
     assert snap.unchanged(cli.model) == [], "every trainable parameter (policy, critic) moves"
     metrics = cli.trainer.callback_metrics
-    for key in ("rollout/reward", "rollout/kl_k1", "train/explained_variance", "time/generate"):
+    ev = ("train/explained_variance", "critic/explained_variance")
+    for key in ("rollout/reward", "rollout/kl_k1", *ev, "time/generate"):
         assert torch.isfinite(metrics[key]), key
     last = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
@@ -112,6 +121,45 @@ def test_value_model_reads_the_state_before_each_token(sft_export):
     values = ppo.critic.response_values(exp.input_ids, exp.attention_mask, exp.prompt_length)
     torch.testing.assert_close(values[:, 0], full[:, exp.prompt_length - 1])
     assert values.shape == exp.mask.shape
+
+
+def test_fresh_critic_predicts_one_value_everywhere(sft_export):
+    """A new head knows nothing of the outcome, so it says so: the same value at every state
+    (explained variance exactly 0), not random values that start it below 0."""
+    ppo = make_module(PPO, sft_export)
+    exp = hand_made_experience(ppo)
+    ppo.compute_advantages(exp, {})
+    values = exp.values[exp.mask.bool()]
+    assert torch.all(values == values[0])
+    assert explained_variance(exp.values, exp.returns, exp.mask).item() == 0.0
+
+
+def test_critic_learns_a_return_it_can_see_and_not_one_it_cannot(sft_export):
+    """One prompt, responses whose reward is 1 when they start with '1'. The state before the
+    first response token cannot know the reward, so its value is one number for every row; the
+    states after it can, so a critic fitted on the batch explains the returns there. Reading the
+    values one position late (the state including the token) or early breaks one of the two."""
+    responses = ["12", "13", "21", "22", "15", "31", "11", "42"]
+    prompts = ["12+34="] * len(responses)
+    scores = starts_with_one(prompts, responses)
+    torch.manual_seed(0)
+    ppo = make_module(PPO, sft_export, kl_beta=0.0, lam=1.0)
+    exp = hand_made_experience(ppo, prompts, responses, scores)
+    ppo.compute_advantages(exp, {})  # gamma = lam = 1, no KL: Ret_t = R at every token
+    torch.testing.assert_close(exp.returns[:, 0], torch.tensor(scores))
+    optimizer = torch.optim.AdamW(ppo.critic.parameters(), lr=1e-3, weight_decay=0.0)
+    for _ in range(100):
+        values = ppo.critic.response_values(exp.input_ids, exp.attention_mask, exp.prompt_length)
+        loss, _ = value_loss(values, exp.values, exp.returns, exp.mask, clip=None)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        values = ppo.critic.response_values(exp.input_ids, exp.attention_mask, exp.prompt_length)
+    first = values[:, 0]
+    torch.testing.assert_close(first, first[:1].expand_as(first), rtol=0, atol=1e-5)
+    after = exp.mask.bool() & (torch.arange(exp.mask.shape[1]) > 0)
+    assert explained_variance(values, exp.returns, after).item() > 0.9
 
 
 def test_lora_policy_uses_the_base_as_reference_and_a_full_critic(sft_export):

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_rlhf.losses.ppo import explained_variance, masked_whiten, value_loss
+from lightning_rlhf.losses.ppo import (
+    explained_variance,
+    explained_variance_from_moments,
+    masked_whiten,
+    value_loss,
+    variance_moments,
+)
 
 # token 0: inside the clip range; token 1: clipped term smaller (unclipped gradient);
 # token 2: clipped term larger (gradient cut); token 3: masked garbage
@@ -47,6 +53,29 @@ def test_explained_variance_perfect_and_constant():
     mask = torch.ones(1, 3)
     assert explained_variance(ret, ret, mask).item() == pytest.approx(1.0)
     assert explained_variance(torch.full_like(ret, 2.0), ret, mask).item() == pytest.approx(0.0)
+
+
+def test_explained_variance_summed_over_ranks_is_that_of_the_whole_batch():
+    """Two "ranks" with different widths: the summed moments give the EV of all their tokens,
+    which is not the mean of the two per-rank EVs."""
+    v1, r1 = torch.tensor([[0.1, 0.5, 9.0]]), torch.tensor([[0.0, 1.0, 7.0]])
+    m1 = torch.tensor([[1, 1, 0]])
+    v2 = torch.tensor([[2.0, 2.5], [3.0, 0.0]])
+    r2, m2 = torch.tensor([[2.0, 3.0], [4.0, 0.0]]), torch.tensor([[1, 1], [1, 0]])
+    summed = variance_moments(v1, r1, m1) + variance_moments(v2, r2, m2)
+    ret = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    resid = ret - np.array([0.1, 0.5, 2.0, 2.5, 3.0])
+    assert explained_variance_from_moments(summed).item() == pytest.approx(
+        1 - resid.var() / ret.var(), rel=1e-6
+    )
+    per_rank = (explained_variance(v1, r1, m1) + explained_variance(v2, r2, m2)) / 2
+    assert per_rank.item() != pytest.approx(1 - resid.var() / ret.var(), rel=1e-2)
+
+
+def test_explained_variance_of_constant_or_empty_returns_is_zero():
+    ret = torch.full((2, 3), 0.7)
+    assert explained_variance(ret * 0.5, ret, torch.ones(2, 3)).item() == 0.0
+    assert explained_variance(ret, ret, torch.zeros(2, 3)).item() == 0.0
 
 
 def test_masked_whiten():
