@@ -172,3 +172,19 @@ def test_a_finished_stage_keeps_its_export_and_row_not_its_checkpoints(tmp_path)
     (tmp_path / "row.json").write_text("{}")
     _drop_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "row.json"]
+
+
+def test_the_readme_table_is_the_demos_own_output():
+    """The README's demo table is pasted from results.md (between its markers): the versions line,
+    the demo's columns and one row per stage, in order, after the teacher's."""
+    from lightning_rlhf.demo import COLUMNS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- demo-table:start -->")[1].split("<!-- demo-table:end -->")[0]
+    lines = [x for x in block.strip().splitlines() if x.strip()]
+    assert lines[0].startswith("Measured with python ") and " CPU cores" in lines[0]
+    table = [x for x in lines if x.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[: len(COLUMNS)] == COLUMNS
+    names = [row.strip("|").split("|")[0].strip() for row in table[2:]]
+    assert names == ["teacher (data)"] + [s.name for s in registered_stages()]
