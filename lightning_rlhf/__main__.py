@@ -1,6 +1,6 @@
-"""``python -m lightning_rlhf {fit,validate,test,predict,demo}``: ``demo`` runs
-:mod:`lightning_rlhf.demo`, the rest :func:`lightning_rlhf.cli.main` (the demo builds on the CLI,
-so the CLI itself does not know the demo)."""
+"""``python -m lightning_rlhf {fit,validate,test,predict,demo,compare}``: ``demo`` runs
+:mod:`lightning_rlhf.demo`, ``compare`` :mod:`lightning_rlhf.compare`, the rest
+:func:`lightning_rlhf.cli.main` (both build on the CLI, so the CLI itself knows neither)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> None:
 
         with one_line_errors():
             demo_main(args[1:])
+    elif args and args[0] == "compare":
+        from lightning_rlhf.compare import main as compare_main
+
+        with one_line_errors():
+            compare_main(args[1:])
     else:
         cli_main(argv)
 

@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,11 @@ def registered_stages() -> list[DemoStage]:
     return list(STAGES)
 
 
-def _fit(stage: DemoStage, run: Path, quick: bool) -> tuple[object, float]:
+def fit_stage(
+    stage: DemoStage, run: Path, quick: bool, edit: Callable[[object], None] | None = None
+) -> tuple[object, float]:
+    """Fit one stage through the CLI into ``run/<stage.name>``; returns the CLI and the fit's
+    seconds. ``edit(cli)`` may change the built CLI (e.g. its callbacks) before the fit."""
     from lightning_rlhf.cli import RLHFCLI
 
     args = [
@@ -134,6 +139,8 @@ def _fit(stage: DemoStage, run: Path, quick: bool) -> tuple[object, float]:
     if quick:
         args += [a.format(run=run) for a in stage.quick]
     cli = RLHFCLI(args=args, run=False)
+    if edit is not None:
+        edit(cli)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli, time.perf_counter() - start
@@ -240,11 +247,11 @@ def run_demo(
             rank_zero_info(f"=== demo stage: {stage.name}: reusing {done} ===")
             rows.append(json.loads(done.read_text()))
             if stage.name == "sft":
-                reference = _load_reference(run / "sft" / "export")
+                reference = load_reference(run / "sft" / "export")
         else:
             rank_zero_info(f"\n=== demo stage: {stage.name} ({stage.config}) ===")
             try:
-                cli, wall = _fit(stage, run, quick)
+                cli, wall = fit_stage(stage, run, quick)
             except Exception as err:  # one broken stage must not cost the others their rows
                 if stage.name in ("sft", "reward_model"):
                     raise  # every later stage starts from these
@@ -264,7 +271,8 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _load_reference(path: Path) -> torch.nn.Module:
+def load_reference(path: Path) -> torch.nn.Module:
+    """The policy exported at ``path`` as a frozen reference (for the KL of later policies)."""
     from transformers import AutoModelForCausalLM
 
     return frozen_copy(AutoModelForCausalLM.from_pretrained(path))
