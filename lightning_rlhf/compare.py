@@ -78,7 +78,9 @@ class RunSpec:
     Attributes:
         name: its row and run directory.
         config: YAML path relative to ``configs/``.
-        overrides: extra CLI arguments (``--key value`` pairs).
+        overrides: extra CLI arguments (``--key value`` pairs); they come after the study's
+            ``--data.task_options``, so a run may train on other data (e.g. another noise level)
+            while every run is evaluated on the study's task.
         rollouts: training batches (rollouts for online methods, steps for offline ones).
         kl_key: the override key of its KL coefficient (for the frontier).
         kl: the coefficient its config already uses (a frontier point at it reuses this run).
@@ -169,7 +171,8 @@ def _run_spec(raw: Any, where: str, quick: dict) -> RunSpec:
 
 def load_study(path: str | Path, quick: bool = False) -> Study:
     """Read and check a study YAML; ``quick`` applies its ``quick:`` section (fewer seeds,
-    rollouts and prompts, a shorter SFT). Bad input raises a one-line :class:`ConfigError`."""
+    rollouts and prompts, a shorter SFT). Top-level keys starting with ``x-`` are ignored (a place
+    for YAML anchors shared by runs). Bad input raises a one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"compare: no study config at {path}")
@@ -181,7 +184,7 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
         raise ConfigError(f"{path}: a study is a mapping (name, task, seeds, sft, runs, ...)")
     known = {"name", "task", "task_options", "seeds", "sft", "runs", "baseline", "threshold",
              "window", "eval_prompts", "max_new_tokens", "frontier", "quick", "notes"}  # fmt: skip
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(k for k in set(raw) - known if not str(k).startswith("x-"))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {sorted(known)}")
     q = (raw.get("quick") or {}) if quick else {}
@@ -334,7 +337,7 @@ class _Runner:
         label = spec.name if coefficient is None else f"{spec.name}_kl{coefficient:g}"
         stage_name = f"runs/{label}/seed{seed}"
         args = [
-            *spec.overrides, *self.task_args(), *RUN_ARGS,
+            *self.task_args(), *spec.overrides, *RUN_ARGS,
             "--trainer.limit_train_batches", str(spec.rollouts),
             "--model.init_args.policy.name_or_path", str(self.sft_path),
             "--seed_everything", str(seed),
