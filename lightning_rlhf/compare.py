@@ -169,10 +169,12 @@ def _run_spec(raw: Any, where: str, quick: dict) -> RunSpec:
     )  # fmt: skip
 
 
-def load_study(path: str | Path, quick: bool = False) -> Study:
+def load_study(path: str | Path, quick: bool = False, size: dict | None = None) -> Study:
     """Read and check a study YAML; ``quick`` applies its ``quick:`` section (fewer seeds,
-    rollouts and prompts, a shorter SFT). Top-level keys starting with ``x-`` are ignored (a place
-    for YAML anchors shared by runs). Bad input raises a one-line :class:`ConfigError`."""
+    rollouts and prompts, a shorter SFT), and ``size`` (keys ``seeds``, ``rollouts``,
+    ``eval_prompts``, ``coefficients``) on top of that, as the command line's ``--seeds`` etc.
+    Top-level keys starting with ``x-`` are ignored (a place for YAML anchors shared by runs).
+    Bad input raises a one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"compare: no study config at {path}")
@@ -187,7 +189,7 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
     unknown = sorted(k for k in set(raw) - known if not str(k).startswith("x-"))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {sorted(known)}")
-    q = (raw.get("quick") or {}) if quick else {}
+    q = {**((raw.get("quick") or {}) if quick else {}), **(size or {})}
     runs_raw = _need(raw, "runs", list, str(path))
     runs = tuple(_run_spec(r, f"{path}: runs[{i}]", q) for i, r in enumerate(runs_raw))
     names = [r.name for r in runs]
@@ -521,7 +523,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="a study YAML (configs/compare/*.yaml)")
     parser.add_argument("--out", default=None, help="run directory (default runs/compare/<name>)")
     parser.add_argument("--quick", action="store_true", help="the study's tiny quick: size")
+    parser.add_argument("--seeds", default=None, help="comma list replacing the study's seeds")
+    parser.add_argument("--rollouts", type=int, default=None, help="rollouts (steps) of every run")
+    parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts per run")
+    parser.add_argument("--coefficients", default=None, help="comma list of frontier KL values")
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    study = load_study(args.config, args.quick)
+    study = load_study(args.config, args.quick, _size(args))
     run_study(study, Path(args.out or f"runs/compare/{study.name}"), args.quick)
+
+
+def _size(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's size options as a ``load_study(size=...)`` mapping."""
+    size: dict[str, Any] = {}
+    try:
+        if args.seeds:
+            size["seeds"] = [int(x) for x in args.seeds.split(",")]
+        if args.coefficients:
+            size["coefficients"] = [float(x) for x in args.coefficients.split(",")]
+    except ValueError as err:
+        raise ConfigError(f"compare: --seeds / --coefficients take comma lists: {err}") from err
+    if args.rollouts is not None:
+        size["rollouts"] = args.rollouts
+    if args.eval_prompts is not None:
+        size["eval_prompts"] = args.eval_prompts
+    return size

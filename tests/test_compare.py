@@ -162,3 +162,14 @@ def test_quick_study_through_the_cli_writes_tables_curves_and_frontier(tmp_path,
     lines = capsys.readouterr().out.splitlines()
     assert sum("(reused;" in line for line in lines) == 6 and "reusing the SFT start" not in ""
     assert list(csv.DictReader((out / "summary.csv").open())) == rows
+
+
+def test_size_options_replace_seeds_rollouts_and_coefficients(capsys) -> None:
+    path = STUDIES[0].parent / "p3o_arithmetic.yaml"
+    size = {"seeds": [4, 5], "rollouts": 7, "coefficients": [0.1, 0.3], "eval_prompts": 9}
+    study = load_study(path, size=size)
+    assert study.seeds == (4, 5) and {r.rollouts for r in study.runs} == {7}
+    assert study.frontier_coefficients == (0.1, 0.3) and study.eval_prompts == 9
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--config", str(path), "--seeds", "0,x"])
+    assert exit_info.value.code == 2 and "comma lists" in capsys.readouterr().err
