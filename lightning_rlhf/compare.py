@@ -21,6 +21,8 @@ Runs are trained through :func:`lightning_rlhf.demo.fit_stage`, so a study runs 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import math
 import time
@@ -273,6 +275,25 @@ class RolloutCurve(L.Callback):
         self.points.append(point)
 
 
+def _seed_args(config: str, seed: int) -> tuple[str, ...]:
+    """``--data.seed`` (the data's draw and order: an offline method is otherwise the same for
+    every seed) and, when the config's model takes one, ``--model.init_args.seed``: the data
+    module and the model must log the same ``seed`` hyperparameter."""
+    args = ("--data.seed", str(seed))
+    try:
+        class_path = yaml.safe_load((CONFIGS / config).read_text())["model"]["class_path"]
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    except (KeyError, TypeError, ValueError, ImportError, AttributeError) as err:
+        raise ConfigError(f"{config}: cannot read the model's class_path: {err}") from err
+    takes_seed = any(
+        "seed" in inspect.signature(klass.__init__).parameters
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+    )
+    return (*args, "--model.init_args.seed", str(seed)) if takes_seed else args
+
+
 def _drop_task_eval(cli: Any) -> None:
     """The study evaluates every run itself (against the SFT policy): no TaskEval in the fit."""
     callbacks = cli.trainer.callbacks
@@ -342,7 +363,7 @@ class _Runner:
             *self.task_args(), *spec.overrides, *RUN_ARGS,
             "--trainer.limit_train_batches", str(spec.rollouts),
             "--model.init_args.policy.name_or_path", str(self.sft_path),
-            "--seed_everything", str(seed),
+            "--seed_everything", str(seed), *_seed_args(spec.config, seed),
         ]  # fmt: skip
         if coefficient is not None:
             args += [f"--{spec.kl_key}", str(coefficient)]

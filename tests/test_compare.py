@@ -173,3 +173,12 @@ def test_size_options_replace_seeds_rollouts_and_coefficients(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--config", str(path), "--seeds", "0,x"])
     assert exit_info.value.code == 2 and "comma lists" in capsys.readouterr().err
+
+
+def test_every_seed_draws_its_own_data_and_the_model_seed_follows_where_it_exists() -> None:
+    from lightning_rlhf.compare import _seed_args
+
+    assert _seed_args("ppo/arithmetic.yaml", 3) == (
+        "--data.seed", "3", "--model.init_args.seed", "3"
+    )  # fmt: skip
+    assert _seed_args("dpo/arithmetic.yaml", 3) == ("--data.seed", "3")  # DPO takes no seed
