@@ -1,7 +1,7 @@
-"""``python -m lightning_rlhf {fit,validate,test,predict,demo,plot}``: ``demo`` runs
-:mod:`lightning_rlhf.demo`, ``plot`` :mod:`lightning_rlhf.plot` (training curves of a run), the
-rest :func:`lightning_rlhf.cli.main` (the demo builds on the CLI, so the CLI itself does not know
-the demo)."""
+"""``python -m lightning_rlhf {fit,validate,test,predict,demo,compare,plot}``: ``demo`` runs
+:mod:`lightning_rlhf.demo`, ``compare`` :mod:`lightning_rlhf.compare` (multi-seed studies),
+``plot`` :mod:`lightning_rlhf.plot` (training curves of a run), the rest
+:func:`lightning_rlhf.cli.main` (they build on the CLI, so the CLI itself knows none of them)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> None:
 
         with one_line_errors():
             plot_main(args[1:])
+    elif args and args[0] == "compare":
+        from lightning_rlhf.compare import main as compare_main
+
+        with one_line_errors():
+            compare_main(args[1:])
     else:
         cli_main(argv)
 

@@ -19,6 +19,7 @@ import logging
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,10 +151,16 @@ def fit_command(stage: DemoStage, run: Path, quick: bool) -> str:
     return shlex.join(["python", "-m", "lightning_rlhf", "fit", *args])
 
 
-def _fit(stage: DemoStage, run: Path, quick: bool) -> tuple[object, float]:
+def fit_stage(
+    stage: DemoStage, run: Path, quick: bool, edit: Callable[[object], None] | None = None
+) -> tuple[object, float]:
+    """Fit one stage through the CLI into ``run/<stage.name>``; returns the CLI and the fit's
+    seconds. ``edit(cli)`` may change the built CLI (e.g. its callbacks) before the fit."""
     from lightning_rlhf.cli import RLHFCLI
 
     cli = RLHFCLI(args=stage_args(stage, run, quick), run=False)
+    if edit is not None:
+        edit(cli)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli, time.perf_counter() - start
@@ -306,12 +313,12 @@ def run_demo(
             rank_zero_info(f"=== demo stage {k} of {len(stages)}: {stage.name}: reusing {done} ===")
             rows.append(json.loads(done.read_text()))
             if stage.name == "sft":
-                reference = _load_reference(run / "sft" / "export")
+                reference = load_reference(run / "sft" / "export")
             continue
         _announce(k, stages, walls, start)
         began = time.perf_counter()
         try:
-            cli, wall = _fit(stage, run, quick)
+            cli, wall = fit_stage(stage, run, quick)
         except Exception as err:  # one broken stage must not cost the others their rows
             if stage.name in ("sft", "reward_model"):
                 raise  # every later stage starts from these
@@ -335,7 +342,8 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _load_reference(path: Path) -> torch.nn.Module:
+def load_reference(path: Path) -> torch.nn.Module:
+    """The policy exported at ``path`` as a frozen reference (for the KL of later policies)."""
     from transformers import AutoModelForCausalLM
 
     return frozen_copy(AutoModelForCausalLM.from_pretrained(path))

@@ -54,8 +54,8 @@ def test_a_failing_stage_is_reported_and_the_others_keep_their_rows(tmp_path, mo
     for name in done:  # pretend the first two stages were trained before (reused rows)
         (tmp_path / name / "export").mkdir(parents=True)
         (tmp_path / name / "row.json").write_text(f'{{"algorithm": "{name}"}}')
-    monkeypatch.setattr(demo, "_fit", fake_fit)
-    monkeypatch.setattr(demo, "_load_reference", lambda path: None)
+    monkeypatch.setattr(demo, "fit_stage", fake_fit)
+    monkeypatch.setattr(demo, "load_reference", lambda path: None)
     with pytest.raises(SystemExit, match="stages failed: dpo"):
         main(["--out", str(tmp_path), "--reuse", "--eval-prompts", "20"])
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
@@ -131,8 +131,8 @@ def test_results_md_gives_each_rows_command_and_the_table_prints_once(tmp_path, 
     for name in ("sft", "reward_model"):
         (tmp_path / name / "export").mkdir(parents=True)
         (tmp_path / name / "row.json").write_text(f'{{"algorithm": "{name}"}}')
-    monkeypatch.setattr(demo, "_fit", fake_fit)
-    monkeypatch.setattr(demo, "_load_reference", lambda path: None)
+    monkeypatch.setattr(demo, "fit_stage", fake_fit)
+    monkeypatch.setattr(demo, "load_reference", lambda path: None)
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit, match="failed: ppo, dpo"):
         main(["--out", str(tmp_path), "--reuse", "--eval-prompts", "20"])
     out = capsys.readouterr().out

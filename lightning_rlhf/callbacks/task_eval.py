@@ -56,7 +56,7 @@ def evaluate_policy(
         rollout = generate(
             policy, tokenizer, ids, mask, max_new_tokens=max_new_tokens, do_sample=True
         )
-        rewards = torch.tensor(task_reward(task_name)(chunk, rollout.responses))
+        rewards = torch.tensor(task.reward(chunk, rollout.responses))
         kl = None
         if reference is not None:
             seq, attn, resp = rollout.sequences()
@@ -90,6 +90,7 @@ class TaskEval(L.Callback):
         num_prompts: held-out prompts per evaluation.
         max_new_tokens: generation budget.
         every_n_epochs: also evaluate after every n-th validation (0: only at the end of fit).
+        task_options: keyword arguments of the task (e.g. ``{max_digits: 4}``), as the data's.
     """
 
     def __init__(
@@ -98,9 +99,10 @@ class TaskEval(L.Callback):
         num_prompts: int = 500,
         max_new_tokens: int = 8,
         every_n_epochs: int = 0,
+        task_options: dict | None = None,
     ) -> None:
         self.task, self.num_prompts, self.max_new_tokens = task, num_prompts, max_new_tokens
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs, self.task_options = every_n_epochs, task_options
 
     def _run(self, pl_module: L.LightningModule) -> dict[str, float]:
         return evaluate_policy(
@@ -110,6 +112,7 @@ class TaskEval(L.Callback):
             reference=getattr(pl_module, "reference", None),
             num_prompts=self.num_prompts,
             max_new_tokens=self.max_new_tokens,
+            task_options=self.task_options,
         )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -258,11 +258,12 @@ def test_evaluate_sees_the_teachers_systematic_mistake() -> None:
 
 # ---- registry -----------------------------------------------------------------------------
 def test_get_task_and_tokenizer() -> None:
-    assert list(TASKS) == ["arithmetic"] and TASKS["arithmetic"] is ArithmeticTask
+    assert list(TASKS) == ["arithmetic", "scratchpad"] and TASKS["arithmetic"] is ArithmeticTask
     task = get_task("arithmetic", carry_forget=0.5, seed=3)
     assert isinstance(task, ArithmeticTask) and task.carry_forget == 0.5 and task.seed == 3
     assert get_tokenizer("arithmetic").get_vocab() == build_tokenizer().get_vocab()
-    with pytest.raises(ValueError, match="unknown task 'sorting'; known tasks: arithmetic"):
+    known = "unknown task 'sorting'; known tasks: arithmetic, scratchpad"
+    with pytest.raises(ValueError, match=known):
         get_task("sorting")
     with pytest.raises(ValueError, match="unknown task"):
         get_tokenizer("sorting")

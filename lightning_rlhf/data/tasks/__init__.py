@@ -1,7 +1,8 @@
 """Built-in tasks that need nothing downloaded: problems, a teacher, a reward and a tokenizer.
 
 ``get_task("arithmetic", carry_forget=0.7)`` builds a task; ``get_tokenizer("arithmetic")`` its
-tokenizer.
+tokenizer. ``scratchpad`` is the long-response task (column addition written out), on the same
+character tokenizer.
 """
 
 from dataclasses import fields
@@ -9,11 +10,12 @@ from dataclasses import fields
 from transformers import PreTrainedTokenizerFast
 
 from lightning_rlhf.data.tasks.arithmetic import ArithmeticTask, build_tokenizer
+from lightning_rlhf.data.tasks.scratchpad import ScratchpadTask
 
-TASKS = {"arithmetic": ArithmeticTask}
+TASKS = {"arithmetic": ArithmeticTask, "scratchpad": ScratchpadTask}
 """Task name -> task class (a dataclass whose fields are the task's options)."""
 
-_TOKENIZERS = {"arithmetic": build_tokenizer}
+_TOKENIZERS = {"arithmetic": build_tokenizer, "scratchpad": build_tokenizer}
 
 
 def _check_name(name: str) -> None:
@@ -42,4 +44,11 @@ def get_tokenizer(name: str) -> PreTrainedTokenizerFast:
     return _TOKENIZERS[name]()
 
 
-__all__ = ["TASKS", "ArithmeticTask", "build_tokenizer", "get_task", "get_tokenizer"]
+__all__ = [
+    "TASKS",
+    "ArithmeticTask",
+    "ScratchpadTask",
+    "build_tokenizer",
+    "get_task",
+    "get_tokenizer",
+]

@@ -12,6 +12,7 @@ import random
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
@@ -163,8 +164,13 @@ class ArithmeticTask:
         heldout_fraction: share of all problems, picked by a fixed hash of ``(a, b)``, that no
             training generator ever yields; only ``heldout_prompts`` and ``evaluate`` use them.
 
-    Records are plain dicts; responses carry no EOS (the data module appends it).
+    Records are plain dicts; responses carry no EOS (the data module appends it). Subclasses
+    (other built-in tasks on the same problems) change the teacher and the scoring through
+    ``teacher_answer``, ``right_response``, ``wrong_response`` and ``score_response``.
     """
+
+    stream: ClassVar[str] = "arithmetic"
+    """Prefix of every RNG stream (a subclass's own, so its records differ)."""
 
     min_digits: int = 2
     max_digits: int = 2
@@ -188,7 +194,7 @@ class ArithmeticTask:
     # ---- problems -------------------------------------------------------------------------
     def _rng(self, stream: str, offset: int) -> random.Random:
         """The RNG of one method and offset (string seeds are hashed with SHA-512, not salted)."""
-        return random.Random(f"arithmetic/{self.seed}/{stream}/{offset}")
+        return random.Random(f"{self.stream}/{self.seed}/{stream}/{offset}")
 
     def _operand(self, rng: random.Random) -> int:
         """One operand with a uniformly drawn number of digits."""
@@ -217,6 +223,24 @@ class ArithmeticTask:
         if rng.random() < self.digit_noise:
             answer = perturb(answer, rng)
         return answer
+
+    def right_response(self, a: int, b: int) -> str:
+        """The right response to ``a+b=``: ``str(a + b)``."""
+        return str(a + b)
+
+    def wrong_response(self, a: int, b: int, rng: random.Random) -> str:
+        """A wrong response: the right answer with one digit changed (see :func:`perturb`)."""
+        return perturb(self.right_response(a, b), rng)
+
+    def score_response(self, a: int, b: int, response: str) -> float:
+        """The reward of ``response`` to ``a+b=`` (see :func:`reward`); ``MAX_REWARD`` iff right."""
+        return score(str(a + b), response)
+
+    def reward(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """This task's reward of each (prompt, response) pair, in ``[0, MAX_REWARD]``."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return [self.score_response(*parse_prompt(p), r) for p, r in zip(prompts, responses)]
 
     def teacher(self, prompts: list[str], offset: int = 0) -> list[str]:
         """The teacher as a generate callable (``evaluate(task.teacher)`` scores the teacher)."""
@@ -251,24 +275,24 @@ class ArithmeticTask:
                 {
                     "prompt": format_prompt(a, b),
                     "response": response,
-                    "reward": score(str(a + b), response),
+                    "reward": self.score_response(a, b, response),
                 }
             )
         return records
 
     def _pair(self, a: int, b: int, rng: random.Random, max_tries: int) -> dict:
         """Two teacher samples ordered by reward, redrawn on a tie; then a fallback (see pairs)."""
-        answer = str(a + b)
         for _ in range(max_tries):
             first, second = self.teacher_answer(a, b, rng), self.teacher_answer(a, b, rng)
-            r_first, r_second = score(answer, first), score(answer, second)
+            r_first = self.score_response(a, b, first)
+            r_second = self.score_response(a, b, second)
             if r_first != r_second:
                 break
         else:
             # both samples tied every time: the right answer against a wrong one
-            wrong = first if r_first < MAX_REWARD else perturb(answer, rng)
-            first, second = answer, wrong
-            r_first, r_second = MAX_REWARD, score(answer, wrong)
+            wrong = first if r_first < MAX_REWARD else self.wrong_response(a, b, rng)
+            first, second = self.right_response(a, b), wrong
+            r_first, r_second = MAX_REWARD, self.score_response(a, b, wrong)
         if r_first < r_second:
             first, second, r_first, r_second = second, first, r_second, r_first
         return {
@@ -302,7 +326,9 @@ class ArithmeticTask:
         for _ in range(n):
             a, b = self._problem(rng)
             samples = [self.teacher_answer(a, b, rng) for _ in range(k)]
-            scored = sorted(((score(str(a + b), s), s) for s in samples), key=lambda x: -x[0])
+            scored = sorted(
+                ((self.score_response(a, b, s), s) for s in samples), key=lambda x: -x[0]
+            )
             records.append(
                 {
                     "prompt": format_prompt(a, b),
@@ -348,7 +374,7 @@ class ArithmeticTask:
             if len(out) != len(batch):
                 raise ValueError(f"generate returned {len(out)} responses for {len(batch)} prompts")
             responses.extend(out)
-        rewards = reward(prompts, responses)
+        rewards = self.reward(prompts, responses)
         exact = [float(r == MAX_REWARD) for r in rewards]
         carry = [has_carry(*parse_prompt(p)) for p in prompts]
         return {
