@@ -132,7 +132,8 @@ def test_weighted_rewards_by_hand(fake_module):
 def test_builtin_task_reward_by_spec():
     fn = load_reward("builtin:arithmetic")
     torch.testing.assert_close(fn(PROMPTS, RESPONSES), torch.tensor([1.0, 0.25, 0.0]))
-    with pytest.raises(RewardError, match=r"unknown built-in task 'nope'; known: arithmetic$"):
+    known = r"known: arithmetic, scratchpad$"
+    with pytest.raises(RewardError, match=r"unknown built-in task 'nope'; " + known):
         load_reward("builtin:nope")
     assert reward_names(["builtin:arithmetic", "runs/rm/export"]) == ["arithmetic", "rm"]
 
