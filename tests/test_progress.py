@@ -17,9 +17,9 @@ import lightning as L
 import pytest
 from jsonargparse import Namespace
 
-from lightning_rlhf.algorithms.online import ACTIVE_PHASES
 from lightning_rlhf.callbacks.progress import LineProgress, eta_seconds, format_duration
 from lightning_rlhf.cli import _choose_progress
+from lightning_rlhf.rl.phases import ACTIVE_PHASES
 from tests.algorithms.e2e import CONFIGS, TINY
 
 ROOT = Path(__file__).resolve().parents[1]

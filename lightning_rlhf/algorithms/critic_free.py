@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_rlhf.algorithms.online import OnlineRLModule, timed
+from lightning_rlhf.algorithms.online import OnlineRLModule
 from lightning_rlhf.checks import check_range
 from lightning_rlhf.losses.critic_free import (
     accumulation_weights,
@@ -27,6 +27,7 @@ from lightning_rlhf.losses.kl import sequence_kl
 from lightning_rlhf.losses.ppo import policy_loss
 from lightning_rlhf.models import ModelConfig
 from lightning_rlhf.rl.buffer import Experience
+from lightning_rlhf.rl.phases import timed
 from lightning_rlhf.rl.rewards import normalize_rewards
 
 

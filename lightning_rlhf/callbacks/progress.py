@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 
-from lightning_rlhf.algorithms.online import ACTIVE_PHASES
+from lightning_rlhf.rl.phases import ACTIVE_PHASES
 
 #: what a progress line shows, in order: label and the logged metrics to look for (first wins)
 FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
