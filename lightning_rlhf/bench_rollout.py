@@ -33,8 +33,9 @@ def _policy_config(hidden: int, layers: int) -> dict:
             "tie_word_embeddings": False}  # fmt: skip
 
 
-def _count_all_gathers() -> list[int]:
-    """Count calls of ``dist.all_gather_single`` (FSDP2's all-gather) from now on."""
+def count_all_gathers() -> list[int]:
+    """Count calls of ``dist.all_gather_single`` (FSDP2's all-gather) from now on, in this
+    process: ``count[0]`` is the number so far (the tests use it too)."""
     count, original = [0], dist.all_gather_single
 
     def counted(*args, **kwargs):
@@ -78,7 +79,7 @@ def _worker(rank: int, world: int, port: int, out: str, args: argparse.Namespace
     from lightning_rlhf.strategies import release
 
     module, ids, mask = _build(args, world)
-    count = _count_all_gathers()
+    count = count_all_gathers()
     seconds: dict[str, list[float]] = {m: [] for m in MODES}
     gathers: dict[str, int] = {}
     lengths: dict[str, int] = {}

@@ -22,24 +22,13 @@ import torch.multiprocessing as mp
 pytestmark = pytest.mark.slow
 
 
-def _count_all_gathers() -> list[int]:
-    """Patch ``dist.all_gather_single`` (FSDP2's all-gather) to count its calls."""
-    count, original = [0], dist.all_gather_single
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return original(*args, **kwargs)
-
-    dist.all_gather_single = counted
-    return count
-
-
 def _worker(rank: int, world: int, port: int, out: str, new_tokens: list[int]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from torch.distributed.device_mesh import init_device_mesh
 
+    from lightning_rlhf.bench_rollout import count_all_gathers
     from lightning_rlhf.data.tasks.arithmetic import build_tokenizer
     from lightning_rlhf.models.loading import ModelConfig, load_causal_lm
     from lightning_rlhf.rl.rollout import generate, left_pad_prompts
@@ -53,7 +42,7 @@ def _worker(rank: int, world: int, port: int, out: str, new_tokens: list[int]) -
     single.load_state_dict(model.state_dict())
     shard_causal_lm(model, init_device_mesh("cpu", (world,)))
     ids, mask = left_pad_prompts(tokenizer, ["12+34=", "7+5=", "57+48=", "9+9="])
-    count, result = _count_all_gathers(), {"units": len(fsdp_units(model)), "runs": []}
+    count, result = count_all_gathers(), {"units": len(fsdp_units(model)), "runs": []}
     for mode, tokens in [(mode, n) for mode in ("once", "per_layer") for n in new_tokens]:
         options = dict(max_new_tokens=tokens, do_sample=True, temperature=1.5)
         torch.manual_seed(1234)
