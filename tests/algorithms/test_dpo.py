@@ -9,7 +9,7 @@ import torch
 from lightning_rlhf.algorithms.dpo import DPO, distinct_pairs, sequence_logps
 from lightning_rlhf.losses.preference import dpo_loss
 from lightning_rlhf.models import ModelConfig
-from tests.algorithms.e2e import run_fit
+from tests.algorithms.e2e import run_fit, tiny_policy
 
 CONFIG = "dpo/arithmetic.yaml"
 
@@ -101,4 +101,4 @@ def test_identical_pairs_are_skipped_and_counted(tmp_path, sft_export):
 
 def test_dpo_refuses_response_data(tmp_path):
     with pytest.raises(ValueError, match=r"DPO needs data.format='pair'"):
-        run_fit(CONFIG, tmp_path, "--data.format", "response", steps=1)
+        run_fit(CONFIG, tmp_path, *tiny_policy(), "--data.format", "response", steps=1)

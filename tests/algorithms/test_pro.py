@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.algorithms.e2e import run_fit
+from tests.algorithms.e2e import run_fit, tiny_policy
 
 CONFIG = "pro/arithmetic.yaml"
 
@@ -46,4 +46,4 @@ def test_pro_bad_batches(tmp_path, sft_export):
 
 def test_ranked_k_of_one_is_refused(tmp_path):
     with pytest.raises(Exception, match="ranked_k must be >= 2, got 1"):
-        run_fit(CONFIG, tmp_path, "--data.ranked_k", "1", steps=1)
+        run_fit(CONFIG, tmp_path, *tiny_policy(), "--data.ranked_k", "1", steps=1)
