@@ -114,12 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
-        mp.spawn(_worker, args=(args.processes, _free_port(), out, args), nprocs=args.processes)
+        mp.spawn(_worker, args=(args.processes, free_port(), out, args), nprocs=args.processes)
         result = json.loads(Path(out).read_text())
     print(format_table(result, args))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a process group of this machine)."""
     import socket
 
     with socket.socket() as sock:

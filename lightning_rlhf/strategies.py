@@ -5,8 +5,7 @@ Support (the README's Scaling section has the table): single device, DDP and FSD
 (``FSDP2Strategy``, a ``ModelParallelStrategy`` whose data-parallel size is the world size) run
 every algorithm (PPO's critic is sharded like the policy, ``shard_value_model``); FSDP1
 (``FSDPStrategy``) only the automatic-optimisation ones, since its gradient clipping and
-optimizer hooks break under manual optimisation (the online algorithms). A module narrows its
-own support with ``supported_strategies`` (and says why in ``strategy_note``).
+optimizer hooks break under manual optimisation (the online algorithms).
 
 Rollouts under FSDP2 gather the policy once for the whole of ``generate`` (``gathered``) rather
 than once per new token; frozen models free their gathered copy after each use (``release``).
@@ -60,10 +59,7 @@ def strategy_kind(strategy: Strategy) -> str:
 
 
 def supported_kinds(module: nn.Module) -> tuple[str, ...]:
-    """The strategy kinds ``module`` (an ``RLHFModule``) supports."""
-    own = getattr(module, "supported_strategies", None)
-    if own is not None:
-        return tuple(own)
+    """The strategy kinds ``module`` (an ``RLHFModule``) supports: by its optimisation mode."""
     manual = not getattr(module, "automatic_optimization", True)
     return SUPPORT["manual" if manual else "automatic"]
 
@@ -73,15 +69,17 @@ def check_strategy(module: nn.Module, strategy: Strategy) -> None:
     kind = strategy_kind(strategy)
     allowed = supported_kinds(module)
     if kind not in allowed:
-        name = type(module).__name__
-        note = getattr(module, "strategy_note", None)
-        why = f" ({note})" if note else ""
-        if kind == "fsdp" and not note:
-            why = " (FSDP1 breaks with manual optimisation)"
+        why = " (FSDP1 breaks with manual optimisation)" if kind == "fsdp" else ""
         raise UnsupportedStrategyError(
-            f"{name} cannot run under trainer.strategy={type(strategy).__name__}{why}; "
-            f"supported: {', '.join(allowed)} (e.g. --config configs/trainer/fsdp2.yaml)"
+            f"{type(module).__name__} cannot run under trainer.strategy="
+            f"{type(strategy).__name__}{why}; supported: {', '.join(allowed)} "
+            "(e.g. --config configs/trainer/fsdp2.yaml)"
         )
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (an FSDP2 parameter or gradient shard), or the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 class FSDP2Strategy(ModelParallelStrategy):

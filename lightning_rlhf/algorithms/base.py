@@ -24,6 +24,7 @@ from lightning_rlhf.checks import check_range
 from lightning_rlhf.models import ModelConfig, build_reference, load_causal_lm, reference_model
 from lightning_rlhf.strategies import (
     check_strategy,
+    local_shard,
     release,
     reshard_after_step,
     shard_causal_lm,
@@ -240,7 +241,7 @@ class RLHFModule(L.LightningModule):
         grads = [g for g in grads if g is not None]
         if not grads:  # the step was already skipped (non-finite loss)
             return
-        local = torch.stack([_local(g).detach().float().square().sum() for g in grads]).sum()
+        local = torch.stack([local_shard(g).detach().float().square().sum() for g in grads]).sum()
         if self._all_finite(local):
             self._nonfinite_in_a_row = 0
             return
@@ -331,11 +332,6 @@ class RLHFModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor (FSDP2 gradients), or the tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_rlhf.rl.rewards import reward_models
-from lightning_rlhf.strategies import fsdp_units, strategy_kind
+from lightning_rlhf.strategies import fsdp_units, local_shard, strategy_kind
 
 #: the model attributes an algorithm may hold, in table order
 MODELS = ("policy", "critic", "reference", "value_head")
@@ -34,16 +34,11 @@ class MemoryRow:
     params: int
     grads: int
     optimizer: int
-    where: str  # "device", "cpu" (offloaded shards) or "sharded" notes
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a DTensor (an FSDP2 shard), or the tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    where: str  # the devices holding it ("cpu", "cuda"), ", sharded" under FSDP2
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
-    local = _local(tensor)
+    local = local_shard(tensor)
     return local.numel() * local.element_size()
 
 
@@ -69,7 +64,7 @@ def model_row(
     params = list(model.parameters())
     train = [p for p in params if id(p) in trained]
     grads = sum(_nbytes(p) for p in train)
-    devices = {_local(p).device.type for p in params}
+    devices = {local_shard(p).device.type for p in params}
     sharded = bool(fsdp_units(model))
     where = "/".join(sorted(devices)) + (", sharded" if sharded else "")
     return MemoryRow(name, sum(_nbytes(p) for p in params), grads, states * grads, where)
@@ -90,7 +85,7 @@ def memory_plan(module: nn.Module, optimizer: torch.optim.Optimizer | None) -> l
     gather = getattr(getattr(module, "hparams", {}), "get", lambda *_: None)("rollout_gather")
     policy = getattr(module, "policy", None)
     if gather == "once" and policy is not None and fsdp_units(policy):
-        full = sum(p.numel() * _local(p).element_size() for p in policy.parameters())
+        full = sum(p.numel() * local_shard(p).element_size() for p in policy.parameters())
         rows.append(MemoryRow("rollout copy", full, 0, 0, "during generate only"))
     return rows
 

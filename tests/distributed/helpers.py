@@ -8,6 +8,8 @@ from pathlib import Path
 
 import lightning as L
 
+from lightning_rlhf.bench_rollout import free_port  # noqa: F401 - the tests' port finder
+
 
 class LossRecorder(L.Callback):
     """Writes ``losses_rank<r>.json``: this rank's logged ``train/loss`` per global step."""
@@ -24,15 +26,6 @@ class LossRecorder(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = Path(trainer.default_root_dir) / f"losses_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(self.losses))
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a test's own process group)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def recorded_digit_share(prompts: list[str], responses: list[str]) -> list[float]:
